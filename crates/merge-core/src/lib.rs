@@ -1,0 +1,9 @@
+//! merge-core: the library behind `smelt`.
+#![deny(missing_docs)]
+
+pub mod dtype;
+pub mod error;
+pub mod methods;
+
+pub use dtype::DType;
+pub use error::{Error, Result};

@@ -1,0 +1,304 @@
+//! Merge methods: one file per method, each behind the small [`MergeMethod`] trait.
+//!
+//! A kernel sees only `f32` slices and parameters already resolved to numbers for the tensor
+//! at hand ([`MergeCtx`]); it never sees YAML, file names or threads. The planner decides which
+//! inputs and parameters each output tensor gets, the executor decides when it runs and how
+//! much memory it may hold, and the kernel computes.
+//!
+//! Numbers: the executor hands every input already rounded to the math dtype (`ctx.math`, the
+//! recipe's `dtype`, else the stored dtype). A kernel that emulates half-precision math rounds
+//! the result of every elementwise operation with `ctx.math.round(x)`, as a PyTorch operation
+//! on tensors of that dtype would; reductions (sums over models, norms) accumulate in `f32` and
+//! round once, as PyTorch's CPU reductions do. With `F32` math, rounding is the identity.
+//!
+//! Determinism: results must not depend on the thread count. Reductions over a tensor use a
+//! fixed chunking ([`REDUCE_CHUNK`]) and combine the partial results in chunk order. Random
+//! methods draw from [`rng`], keyed by the seed, the tensor name, the model index and the
+//! element index, never from a stateful stream.
+
+use crate::dtype::DType;
+
+pub mod linear;
+pub mod passthrough;
+pub mod rng;
+
+/// Fixed chunk length (elements) for deterministic parallel reductions.
+pub const REDUCE_CHUNK: usize = 1 << 16;
+
+/// Where a parameter is looked up (mergekit's per-model "tensor parameters" or global ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Set per model (`models[i].parameters`, slice source parameters), with fallback to the
+    /// slice, module and global levels.
+    PerModel,
+    /// Set for the whole merge (slice, module or global `parameters`).
+    Global,
+}
+
+/// How a value of a parameter is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A number.
+    Number,
+    /// A boolean (YAML `true`/`false`, or a number: non-zero is true).
+    Bool,
+}
+
+/// One parameter a method understands.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    /// The recipe key (`weight`, `density`, `t`, ...).
+    pub name: &'static str,
+    /// Per-model or global.
+    pub scope: Scope,
+    /// Number or boolean.
+    pub kind: Kind,
+    /// The default when no level sets it. `None` means absent (or an error if `required`).
+    pub default: Option<f64>,
+    /// Whether a value is mandatory (per-model parameters are never required of the base).
+    pub required: bool,
+}
+
+impl ParamSpec {
+    /// A required per-model number.
+    pub const fn model_required(name: &'static str) -> Self {
+        ParamSpec {
+            name,
+            scope: Scope::PerModel,
+            kind: Kind::Number,
+            default: None,
+            required: true,
+        }
+    }
+    /// A per-model number with a default.
+    pub const fn model(name: &'static str, default: f64) -> Self {
+        ParamSpec {
+            name,
+            scope: Scope::PerModel,
+            kind: Kind::Number,
+            default: Some(default),
+            required: false,
+        }
+    }
+    /// An optional per-model number with no default.
+    pub const fn model_optional(name: &'static str) -> Self {
+        ParamSpec {
+            name,
+            scope: Scope::PerModel,
+            kind: Kind::Number,
+            default: None,
+            required: false,
+        }
+    }
+    /// A required global number.
+    pub const fn global_required(name: &'static str) -> Self {
+        ParamSpec {
+            name,
+            scope: Scope::Global,
+            kind: Kind::Number,
+            default: None,
+            required: true,
+        }
+    }
+    /// A global number with a default.
+    pub const fn global(name: &'static str, default: f64) -> Self {
+        ParamSpec {
+            name,
+            scope: Scope::Global,
+            kind: Kind::Number,
+            default: Some(default),
+            required: false,
+        }
+    }
+    /// A global boolean with a default.
+    pub const fn global_bool(name: &'static str, default: bool) -> Self {
+        ParamSpec {
+            name,
+            scope: Scope::Global,
+            kind: Kind::Bool,
+            default: Some(if default { 1.0 } else { 0.0 }),
+            required: false,
+        }
+    }
+}
+
+/// What a method does with `base_model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseUse {
+    /// The method has no notion of a base (a base, if given, is one more input).
+    None,
+    /// A base is used when given.
+    Optional,
+    /// The method cannot run without a base.
+    Required,
+}
+
+/// Static description of a merge method.
+#[derive(Debug)]
+pub struct MethodInfo {
+    /// The recipe name (`merge_method:`).
+    pub name: &'static str,
+    /// The name used in the model card.
+    pub pretty_name: &'static str,
+    /// Reference for the model card, if any.
+    pub url: Option<&'static str>,
+    /// Every parameter the method reads.
+    pub params: &'static [ParamSpec],
+    /// What the method does with a base model.
+    pub base: BaseUse,
+    /// Whether 2-D embedding inputs of different shapes are cropped to their common top-left
+    /// block (mergekit's "embedding rectification") instead of being an error.
+    pub rectify_embeddings: bool,
+    /// The dtype the method's result has regardless of the math dtype, if any
+    /// (arcee_fusion: always F32).
+    pub result_dtype: Option<DType>,
+    /// Each output element depends only on the same element of the inputs, so the executor
+    /// may stream a tensor through the kernel in chunks (`MergeCtx::offset` says where).
+    pub elementwise: bool,
+}
+
+/// Resolved parameter values for one tensor (and one model, for per-model parameters).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParamValues(pub Vec<(&'static str, f64)>);
+
+impl ParamValues {
+    /// The value of `name`, if set or defaulted.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+    /// The value of `name`, or `default`.
+    pub fn get_or(&self, name: &str, default: f64) -> f64 {
+        self.get(name).unwrap_or(default)
+    }
+    /// The value of `name` read as a boolean (non-zero is true), or `default`.
+    pub fn flag(&self, name: &str, default: bool) -> bool {
+        self.get(name).map(|v| v != 0.0).unwrap_or(default)
+    }
+}
+
+/// One input tensor of a merge, in source order.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The values (already rounded to the math dtype), same length as the output.
+    pub data: &'a [f32],
+    /// Whether this input is the base model's tensor.
+    pub is_base: bool,
+    /// This model's resolved per-model parameters.
+    pub params: &'a ParamValues,
+    /// The model's reference, for messages.
+    pub model: &'a str,
+}
+
+/// Everything a kernel knows about the tensor it merges.
+#[derive(Debug, Clone, Copy)]
+pub struct MergeCtx<'a> {
+    /// Output tensor name.
+    pub tensor: &'a str,
+    /// Full shape of the output tensor.
+    pub shape: &'a [usize],
+    /// For elementwise methods streamed in chunks: index of the first element of this chunk in
+    /// the whole tensor. 0 for whole-tensor calls.
+    pub offset: usize,
+    /// The inputs, in source order (the base among them, flagged).
+    pub inputs: &'a [Input<'a>],
+    /// Resolved global parameters.
+    pub global: &'a ParamValues,
+    /// The math dtype (see the module docs on rounding).
+    pub math: DType,
+    /// The merge's random seed.
+    pub seed: u64,
+    /// Whether the tensor is an embedding or output head (vocabulary-sized rows).
+    pub is_embed: bool,
+}
+
+impl<'a> MergeCtx<'a> {
+    /// The base input, if any.
+    pub fn base(&self) -> Option<&Input<'a>> {
+        self.inputs.iter().find(|i| i.is_base)
+    }
+    /// The non-base inputs, in source order.
+    pub fn others(&self) -> impl Iterator<Item = &Input<'a>> {
+        self.inputs.iter().filter(|i| !i.is_base)
+    }
+    /// Number of elements in the whole tensor.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A merge method.
+pub trait MergeMethod: Send + Sync {
+    /// The method's static description.
+    fn info(&self) -> &'static MethodInfo;
+
+    /// Merges `ctx.inputs` into `out` (`out.len()` equals every input's length).
+    /// Errors are plain messages; the executor adds the method and tensor names.
+    fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String>;
+}
+
+/// Every method smelt implements, in the order `smelt --help` lists them.
+pub fn all() -> &'static [&'static dyn MergeMethod] {
+    &[&linear::Linear, &passthrough::Passthrough]
+}
+
+/// The method registered under `name`.
+pub fn lookup(name: &str) -> Option<&'static dyn MergeMethod> {
+    all().iter().copied().find(|m| m.info().name == name)
+}
+
+/// Sums `f(chunk)` over fixed chunks of `0..n` in chunk order: a deterministic parallel
+/// reduction in `f64` whatever the thread count.
+pub fn det_sum(n: usize, f: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f64 {
+    use rayon::prelude::*;
+    let chunks = n.div_ceil(REDUCE_CHUNK);
+    let parts: Vec<f64> = (0..chunks)
+        .into_par_iter()
+        .map(|c| f(c * REDUCE_CHUNK..((c + 1) * REDUCE_CHUNK).min(n)))
+        .collect();
+    parts.into_iter().sum()
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Helpers for kernel unit tests.
+    use super::*;
+
+    /// Runs `method` on whole tensors given as `(values, is_base, per-model params)`.
+    pub fn run(
+        method: &dyn MergeMethod,
+        inputs: &[(&[f32], bool, ParamValues)],
+        global: ParamValues,
+        math: DType,
+    ) -> Result<Vec<f32>, String> {
+        let n = inputs.first().map(|i| i.0.len()).unwrap_or(0);
+        let ins: Vec<Input> = inputs
+            .iter()
+            .enumerate()
+            .map(|(k, (d, b, p))| Input {
+                data: d,
+                is_base: *b,
+                params: p,
+                model: ["m0", "m1", "m2", "m3", "m4"][k.min(4)],
+            })
+            .collect();
+        let shape = [n];
+        let ctx = MergeCtx {
+            tensor: "model.layers.0.mlp.up_proj.weight",
+            shape: &shape,
+            offset: 0,
+            inputs: &ins,
+            global: &global,
+            math,
+            seed: 42,
+            is_embed: false,
+        };
+        let mut out = vec![0.0; n];
+        method.merge(&ctx, &mut out)?;
+        Ok(out)
+    }
+
+    /// Per-model parameters from pairs.
+    pub fn p(pairs: &[(&'static str, f64)]) -> ParamValues {
+        ParamValues(pairs.to_vec())
+    }
+}
