@@ -3,6 +3,7 @@
 
 pub mod dtype;
 pub mod error;
+pub mod gguf;
 pub mod methods;
 
 pub use dtype::DType;
