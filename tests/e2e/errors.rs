@@ -11,7 +11,9 @@ struct Case {
 
 impl Case {
     fn new() -> Case {
-        Case { tmp: tempfile::tempdir().unwrap() }
+        Case {
+            tmp: tempfile::tempdir().unwrap(),
+        }
     }
     fn p(&self) -> &Path {
         self.tmp.path()
@@ -24,7 +26,12 @@ impl Case {
     /// Runs `recipe` into `out` and checks the failure.
     fn fails(&self, recipe_text: &str, needles: &[&str]) {
         let r = recipe(self.p(), recipe_text);
-        let o = run(&["run", "--quiet", r.to_str().unwrap(), self.p().join("out").to_str().unwrap()]);
+        let o = run(&[
+            "run",
+            "--quiet",
+            r.to_str().unwrap(),
+            self.p().join("out").to_str().unwrap(),
+        ]);
         assert_fails(&o, needles);
         assert_no_output(self.p(), "out");
     }
@@ -44,9 +51,15 @@ fn tensor_missing_in_one_model_names_both() {
     let c = Case::new();
     c.model("a", 2, 0.1);
     let d = c.p().join("b");
-    let ts: Vec<T> = tiny_llama(&d, 2, 8, 16, 0.2).into_iter().filter(|t| t.name != "model.layers.1.mlp.up_proj.weight").collect();
+    let ts: Vec<T> = tiny_llama(&d, 2, 8, 16, 0.2)
+        .into_iter()
+        .filter(|t| t.name != "model.layers.1.mlp.up_proj.weight")
+        .collect();
     save(&d, &ts);
-    c.fails(LINEAR_AB, &["model.layers.1.mlp.up_proj.weight", "`b`", "`a` has it"]);
+    c.fails(
+        LINEAR_AB,
+        &["model.layers.1.mlp.up_proj.weight", "`b`", "`a` has it"],
+    );
 }
 
 #[test]
@@ -61,7 +74,15 @@ fn shape_mismatch_gives_both_shapes() {
         }
     }
     save(&d, &ts);
-    c.fails(LINEAR_AB, &["shape mismatch", "[8, 8]", "[4, 8]", "model.layers.0.self_attn.q_proj.weight"]);
+    c.fails(
+        LINEAR_AB,
+        &[
+            "shape mismatch",
+            "[8, 8]",
+            "[4, 8]",
+            "model.layers.0.self_attn.q_proj.weight",
+        ],
+    );
 }
 
 #[test]
@@ -70,7 +91,12 @@ fn unsupported_dtype_in_a_merge() {
     for (name, seed) in [("a", 0.1), ("b", 0.2)] {
         let d = c.p().join(name);
         let mut ts = tiny_llama(&d, 2, 8, 16, seed);
-        ts[1] = T { name: ts[1].name.clone(), dtype: "I64", shape: vec![8, 8], data: vec![0u8; 8 * 64] };
+        ts[1] = T {
+            name: ts[1].name.clone(),
+            dtype: "I64",
+            shape: vec![8, 8],
+            data: vec![0u8; 8 * 64],
+        };
         save(&d, &ts);
     }
     c.fails(LINEAR_AB, &["I64", "cannot be merged"]);
@@ -92,22 +118,34 @@ fn truncated_safetensors_names_the_file() {
 #[test]
 fn malformed_yaml_has_line_and_column() {
     let c = Case::new();
-    c.fails("merge_method: linear\nmodels:\n  - model: [a\n", &["recipe.yml", "line 3"]);
+    c.fails(
+        "merge_method: linear\nmodels:\n  - model: [a\n",
+        &["recipe.yml", "line 3"],
+    );
 }
 
 #[test]
 fn unknown_key_is_named_with_the_allowed_keys() {
     let c = Case::new();
     c.model("a", 2, 0.1);
-    c.fails("merge_method: linear\nmodels:\n  - model: a\n    paramters: {weight: 1}\n", &["paramters", "line 4", "parameters"]);
-    c.fails("merge_method: linear\nbase_modle: a\nmodels:\n  - model: a\n", &["base_modle", "line 2", "base_model"]);
+    c.fails(
+        "merge_method: linear\nmodels:\n  - model: a\n    paramters: {weight: 1}\n",
+        &["paramters", "line 4", "parameters"],
+    );
+    c.fails(
+        "merge_method: linear\nbase_modle: a\nmodels:\n  - model: a\n",
+        &["base_modle", "line 2", "base_model"],
+    );
 }
 
 #[test]
 fn unknown_parameter_is_named() {
     let c = Case::new();
     c.model("a", 2, 0.1);
-    c.fails("merge_method: linear\nmodels:\n  - model: a\n    parameters: {wieght: 1}\n", &["wieght", "weight"]);
+    c.fails(
+        "merge_method: linear\nmodels:\n  - model: a\n    parameters: {wieght: 1}\n",
+        &["wieght", "weight"],
+    );
 }
 
 #[test]
@@ -157,7 +195,10 @@ fn passthrough_with_two_sources_per_slice() {
 fn unknown_method_lists_known_ones() {
     let c = Case::new();
     c.model("a", 2, 0.1);
-    c.fails("merge_method: lineer\nmodels:\n  - model: a\n", &["unknown merge_method `lineer`", "linear"]);
+    c.fails(
+        "merge_method: lineer\nmodels:\n  - model: a\n",
+        &["unknown merge_method `lineer`", "linear"],
+    );
 }
 
 #[test]
@@ -169,7 +210,12 @@ fn output_that_cannot_be_written() {
     let out = c.p().join("afile/out");
     let o = run(&["run", "--quiet", r.to_str().unwrap(), out.to_str().unwrap()]);
     assert_fails(&o, &["afile"]);
-    let o = run(&["run", "--quiet", r.to_str().unwrap(), c.p().join("afile").to_str().unwrap()]);
+    let o = run(&[
+        "run",
+        "--quiet",
+        r.to_str().unwrap(),
+        c.p().join("afile").to_str().unwrap(),
+    ]);
     assert_fails(&o, &["not a folder"]);
 }
 
@@ -186,7 +232,13 @@ fn output_that_is_an_input_is_refused_even_with_force() {
         args.extend([r.to_str().unwrap(), out.to_str().unwrap()]);
         assert_fails(&run(&args), &["overlaps the input"]);
         let out = c.p();
-        let args2 = ["run", "--quiet", "--force", r.to_str().unwrap(), out.to_str().unwrap()];
+        let args2 = [
+            "run",
+            "--quiet",
+            "--force",
+            r.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ];
         assert_fails(&run(&args2), &["overlaps the input"]);
     }
     assert_eq!(before, dir_hashes(&c.p().join("a")), "input changed");
@@ -200,8 +252,17 @@ fn non_empty_output_needs_force() {
     let out = c.p().join("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), b"x").unwrap();
-    assert_fails(&run(&["run", "--quiet", r.to_str().unwrap(), out.to_str().unwrap()]), &["not empty", "--force"]);
+    assert_fails(
+        &run(&["run", "--quiet", r.to_str().unwrap(), out.to_str().unwrap()]),
+        &["not empty", "--force"],
+    );
     assert!(out.join("keep.txt").exists());
-    assert_ok(&run(&["run", "--quiet", "--force", r.to_str().unwrap(), out.to_str().unwrap()]));
+    assert_ok(&run(&[
+        "run",
+        "--quiet",
+        "--force",
+        r.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]));
     assert!(!out.join("keep.txt").exists() && out.join("model.safetensors").exists());
 }

@@ -27,11 +27,19 @@ const NOT_YET: &[(&str, &str)] = &[
 ];
 
 /// Recipes whose output must be byte-identical to mergekit's.
-const BIT_EXACT: &[&str] = &["linear_weighted", "linear_nonorm_f16out", "passthrough_frankenmerge"];
+const BIT_EXACT: &[&str] = &[
+    "linear_weighted",
+    "linear_nonorm_f16out",
+    "passthrough_frankenmerge",
+];
 
 /// Whether python3 with numpy is available; CI requires it (SMELT_REQUIRE_PY_REFS=1).
 pub fn python_numpy() -> bool {
-    let ok = Command::new("python3").args(["-c", "import numpy"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("python3")
+        .args(["-c", "import numpy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !ok {
         assert!(
             std::env::var("SMELT_REQUIRE_PY_REFS").as_deref() != Ok("1"),
@@ -52,7 +60,14 @@ fn compare(out: &Path, golden: &Path, args: &str) -> (bool, String) {
         .args(args.split_whitespace())
         .output()
         .expect("python3");
-    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -77,14 +92,22 @@ fn public_fixture_recipes_match_mergekit() {
             .arg(&out)
             .output()
             .unwrap();
-        assert!(!stderr(&o).contains("panicked"), "{name}: panic\n{}", stderr(&o));
+        assert!(
+            !stderr(&o).contains("panicked"),
+            "{name}: panic\n{}",
+            stderr(&o)
+        );
         let passed = if !o.status.success() {
             if !expect_fail {
                 failures.push(format!("{name}: smelt failed: {}", stderr(&o)));
             }
             false
         } else if py {
-            let (ok, report) = compare(&out, &fx.join("golden").join(name), entry["compare_args"].as_str().unwrap_or(""));
+            let (ok, report) = compare(
+                &out,
+                &fx.join("golden").join(name),
+                entry["compare_args"].as_str().unwrap_or(""),
+            );
             if !ok && !expect_fail {
                 failures.push(format!("{name}: compare.py failed:\n{report}"));
             }
@@ -98,9 +121,16 @@ fn public_fixture_recipes_match_mergekit() {
         if BIT_EXACT.contains(&name.as_str()) && o.status.success() {
             let ours = read_safetensors(&out.join("model.safetensors"));
             let gold = read_safetensors(&fx.join("golden").join(name).join("model.safetensors"));
-            assert_eq!(ours.keys().collect::<Vec<_>>(), gold.keys().collect::<Vec<_>>(), "{name}: tensor names");
+            assert_eq!(
+                ours.keys().collect::<Vec<_>>(),
+                gold.keys().collect::<Vec<_>>(),
+                "{name}: tensor names"
+            );
             for (k, v) in &gold {
-                assert!(ours[k] == *v, "{name}: tensor {k} differs from mergekit's bytes");
+                assert!(
+                    ours[k] == *v,
+                    "{name}: tensor {k} differs from mergekit's bytes"
+                );
             }
         }
     }
@@ -108,5 +138,8 @@ fn public_fixture_recipes_match_mergekit() {
         eprintln!("not yet: {n} ({why})");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    assert!(unexpected_passes.is_empty(), "now passing, remove from NOT_YET: {unexpected_passes:?}");
+    assert!(
+        unexpected_passes.is_empty(),
+        "now passing, remove from NOT_YET: {unexpected_passes:?}"
+    );
 }

@@ -17,11 +17,26 @@ fn every_example_recipe_runs() {
             continue; // multi-document batch recipes run in the batch tests
         }
         let out = tmp.path().join(p.file_stem().unwrap());
-        let o = smelt().current_dir(root()).args(["run", "--quiet"]).arg(&p).arg(&out).output().unwrap();
+        let o = smelt()
+            .current_dir(root())
+            .args(["run", "--quiet"])
+            .arg(&p)
+            .arg(&out)
+            .output()
+            .unwrap();
         assert_ok(&o);
-        assert!(out.join("config.json").is_file(), "{}: no config.json", p.display());
-        assert!(out.join("README.md").is_file(), "{}: no model card", p.display());
-        let has_weights = out.join("model.safetensors").is_file() || out.join("model.safetensors.index.json").is_file();
+        assert!(
+            out.join("config.json").is_file(),
+            "{}: no config.json",
+            p.display()
+        );
+        assert!(
+            out.join("README.md").is_file(),
+            "{}: no model card",
+            p.display()
+        );
+        let has_weights = out.join("model.safetensors").is_file()
+            || out.join("model.safetensors.index.json").is_file();
         assert!(has_weights, "{}: no weights", p.display());
         n += 1;
     }

@@ -7,7 +7,10 @@ use sha2::{Digest, Sha256};
 
 /// The repo root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// `tests/fixtures`.
@@ -40,7 +43,10 @@ pub fn stdout(o: &Output) -> String {
 /// Asserts a failed run: non-zero exit, no panic, every `needles` in stderr.
 pub fn assert_fails(o: &Output, needles: &[&str]) {
     let e = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr:\n{e}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr:\n{e}"
+    );
     assert_eq!(o.status.code(), Some(1), "exit code; stderr:\n{e}");
     assert!(!e.contains("panicked"), "panic:\n{e}");
     for n in needles {
@@ -61,7 +67,10 @@ pub fn assert_no_output(parent: &Path, name: &str) {
     assert!(!parent.join(name).exists(), "output folder {name} exists");
     for e in std::fs::read_dir(parent).unwrap() {
         let n = e.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(!n.contains("smelt-partial"), "partial output left behind: {n}");
+        assert!(
+            !n.contains("smelt-partial"),
+            "partial output left behind: {n}"
+        );
     }
 }
 
@@ -131,22 +140,53 @@ pub fn write_safetensors(path: &Path, tensors: &[T]) {
 /// A tiny llama-layout model: `layers` layers, hidden `h`, vocab `v`; values from `seed`.
 pub fn tiny_llama(dir: &Path, layers: usize, h: usize, v: usize, seed: f32) -> Vec<T> {
     std::fs::create_dir_all(dir).unwrap();
-    let mut ts = vec![T::f32("model.embed_tokens.weight", &[v, h], |i| seed + i as f32 * 1e-3)];
+    let mut ts = vec![T::f32("model.embed_tokens.weight", &[v, h], |i| {
+        seed + i as f32 * 1e-3
+    })];
     for l in 0..layers {
-        for n in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj"] {
-            ts.push(T::f32(&format!("model.layers.{l}.{n}.weight"), &[h, h], |i| seed * (l + 1) as f32 + i as f32 * 1e-2));
+        for n in [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+        ] {
+            ts.push(T::f32(
+                &format!("model.layers.{l}.{n}.weight"),
+                &[h, h],
+                |i| seed * (l + 1) as f32 + i as f32 * 1e-2,
+            ));
         }
-        ts.push(T::f32(&format!("model.layers.{l}.mlp.down_proj.weight"), &[h, h], |i| seed - i as f32 * 1e-2));
-        ts.push(T::f32(&format!("model.layers.{l}.input_layernorm.weight"), &[h], |_| 1.0 + seed));
-        ts.push(T::f32(&format!("model.layers.{l}.post_attention_layernorm.weight"), &[h], |_| 1.0 - seed));
+        ts.push(T::f32(
+            &format!("model.layers.{l}.mlp.down_proj.weight"),
+            &[h, h],
+            |i| seed - i as f32 * 1e-2,
+        ));
+        ts.push(T::f32(
+            &format!("model.layers.{l}.input_layernorm.weight"),
+            &[h],
+            |_| 1.0 + seed,
+        ));
+        ts.push(T::f32(
+            &format!("model.layers.{l}.post_attention_layernorm.weight"),
+            &[h],
+            |_| 1.0 - seed,
+        ));
     }
     ts.push(T::f32("model.norm.weight", &[h], |_| 1.0));
-    ts.push(T::f32("lm_head.weight", &[v, h], |i| seed - i as f32 * 1e-3));
+    ts.push(T::f32("lm_head.weight", &[v, h], |i| {
+        seed - i as f32 * 1e-3
+    }));
     let cfg = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
         "num_hidden_layers": layers, "vocab_size": v, "torch_dtype": "float32"
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
     ts
 }
 
@@ -163,7 +203,9 @@ pub fn recipe(dir: &Path, text: &str) -> PathBuf {
 }
 
 /// Reads every tensor of a safetensors file as (name → (dtype, shape, bytes)).
-pub fn read_safetensors(path: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+pub fn read_safetensors(
+    path: &Path,
+) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
     let b = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
     let h: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
@@ -173,9 +215,24 @@ pub fn read_safetensors(path: &Path) -> std::collections::BTreeMap<String, (Stri
             continue;
         }
         let o = v["data_offsets"].as_array().unwrap();
-        let (s, e) = (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize);
-        let shape = v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-        out.insert(k.clone(), (v["dtype"].as_str().unwrap().to_string(), shape, b[8 + n + s..8 + n + e].to_vec()));
+        let (s, e) = (
+            o[0].as_u64().unwrap() as usize,
+            o[1].as_u64().unwrap() as usize,
+        );
+        let shape = v["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        out.insert(
+            k.clone(),
+            (
+                v["dtype"].as_str().unwrap().to_string(),
+                shape,
+                b[8 + n + s..8 + n + e].to_vec(),
+            ),
+        );
     }
     out
 }

@@ -135,7 +135,9 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
             }
             let held = budget.acquire(tensor_cost(plan, t, threads));
             for s in &t.sources {
-                plan.models[s.model].checkpoint.prefetch(plan.source_info(s));
+                plan.models[s.model]
+                    .checkpoint
+                    .prefetch(plan.source_info(s));
             }
             let (budget, failed, first_error, done, bytes_done) =
                 (&budget, &failed, &first_error, &done, &bytes_done);

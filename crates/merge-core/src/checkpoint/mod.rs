@@ -166,7 +166,11 @@ impl Checkpoint {
 
     /// Tells the kernel that the pages of `t` will be read soon.
     pub fn prefetch(&self, t: &TensorInfo) {
-        let _ = self.files[t.file].map.advise_range(memmap2::Advice::WillNeed, t.range.start, t.range.len());
+        let _ = self.files[t.file].map.advise_range(
+            memmap2::Advice::WillNeed,
+            t.range.start,
+            t.range.len(),
+        );
     }
 
     /// Drops this process's mapping of the pages of `t` once it has been read, so resident
@@ -181,7 +185,11 @@ impl Checkpoint {
         // is used after this call by the executor, and even if one were, it would read the same
         // bytes again.
         let _ = unsafe {
-            self.files[t.file].map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, t.range.start, t.range.len())
+            self.files[t.file].map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                t.range.start,
+                t.range.len(),
+            )
         };
     }
 
