@@ -103,10 +103,18 @@ pub fn tensor_cost(plan: &Plan, t: &PlannedTensor, threads: usize) -> u64 {
         return 0;
     }
     if plan.method.info().elementwise {
+        // chunks in flight: f32 buffers per input and the output, plus the mapped input pages
+        // (released chunk by chunk)
         let live = n.min((CHUNK * threads) as u64);
-        live * 4 * (k + 1) + live * t.out_dtype.size() as u64
+        live * 4 * (k + 1) + live * (t.out_dtype.size() as u64 + 4 * k)
     } else {
-        n * 4 * (k + 2) + n * t.out_dtype.size() as u64
+        // every input as f32, a result and a scratch buffer, and the mapped input pages
+        let mapped: u64 = t
+            .sources
+            .iter()
+            .map(|s| plan.source_info(s).range.len() as u64)
+            .sum();
+        n * 4 * (k + 2) + n * t.out_dtype.size() as u64 + mapped
     }
 }
 
@@ -147,6 +155,9 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
                 } else {
                     run_tensor(plan, i, sink)
                 };
+                for s in &t.sources {
+                    plan.models[s.model].checkpoint.release(plan.source_info(s));
+                }
                 budget.release(held);
                 match r {
                     Ok(()) => {
@@ -228,6 +239,9 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
         .iter()
         .map(|s| plan.models[s.model].reference.to_string())
         .collect();
+    let multiple = sink.chunk_multiple(ti).max(1);
+    let chunk = (CHUNK / multiple).max(1) * multiple;
+    let streamed = plan.method.info().elementwise && numel > chunk;
     let merge = |range: Range<usize>| -> Result<Vec<f32>> {
         let len = range.len();
         let mut bufs: Vec<Vec<f32>> = Vec::with_capacity(t.sources.len());
@@ -236,6 +250,11 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
             read_source(plan, info, s.model, &t.shape, range.clone(), &mut b);
             if info.dtype != t.math {
                 t.math.round_slice(&mut b);
+            }
+            if streamed && info.shape == t.shape {
+                plan.models[s.model]
+                    .checkpoint
+                    .release_elems(info, range.clone());
             }
             bufs.push(b);
         }
@@ -271,9 +290,7 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
             })?;
         Ok(out)
     };
-    let multiple = sink.chunk_multiple(ti).max(1);
-    let chunk = (CHUNK / multiple).max(1) * multiple;
-    if plan.method.info().elementwise && numel > chunk {
+    if streamed {
         let chunks = numel.div_ceil(chunk);
         (0..chunks).into_par_iter().try_for_each(|c| {
             let r = c * chunk..((c + 1) * chunk).min(numel);

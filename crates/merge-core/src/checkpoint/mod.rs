@@ -177,7 +177,16 @@ impl Checkpoint {
     /// memory stays bounded by the tensors in flight, not by the size of the inputs (the data
     /// stays in the page cache; a later read faults it back in).
     pub fn release(&self, t: &TensorInfo) {
-        if t.range.is_empty() {
+        self.release_elems(t, 0..t.numel());
+    }
+
+    /// Like [`Checkpoint::release`] for elements `elems` of `t` only (pages at the edges that
+    /// neighbouring data shares are dropped too; a later read simply faults them back in).
+    pub fn release_elems(&self, t: &TensorInfo, elems: Range<usize>) {
+        let sz = t.dtype.size();
+        let start = t.range.start + elems.start * sz;
+        let len = elems.len() * sz;
+        if len == 0 {
             return;
         }
         // SAFETY: the map is read-only and never written, so dropping its pages cannot lose
@@ -187,8 +196,8 @@ impl Checkpoint {
         let _ = unsafe {
             self.files[t.file].map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
-                t.range.start,
-                t.range.len(),
+                start,
+                len,
             )
         };
     }
