@@ -5,6 +5,7 @@ pub mod dtype;
 pub mod error;
 pub mod gguf;
 pub mod methods;
+pub mod torch;
 
 pub use dtype::DType;
 pub use error::{Error, Result};
