@@ -4,6 +4,7 @@
 pub mod dtype;
 pub mod error;
 pub mod gguf;
+pub mod lora;
 pub mod methods;
 pub mod torch;
 
