@@ -68,6 +68,8 @@ impl Global {
                 "CharStorage" => DType::I8,
                 "ByteStorage" => DType::U8,
                 "BoolStorage" => DType::Bool,
+                "Float8_e4m3fnStorage" => DType::F8E4M3,
+                "Float8_e5m2Storage" => DType::F8E5M2,
                 _ => return None,
             }),
             _ => return None,
@@ -672,6 +674,8 @@ fn storage_class_name(dt: DType) -> &'static str {
         DType::I8 => "CharStorage",
         DType::U8 => "ByteStorage",
         DType::Bool => "BoolStorage",
+        DType::F8E4M3 => "Float8_e4m3fnStorage",
+        DType::F8E5M2 => "Float8_e5m2Storage",
         _ => "?Storage",
     }
 }

@@ -109,6 +109,7 @@ fn malicious_pickle_is_refused_and_never_run() {
         );
     }
     let err = read_torch_tensors(&read(&p), &p).unwrap_err().to_string();
+    eprintln!("{err}");
     assert!(err.contains("posix.system"), "{err}");
     assert!(err.contains("pytorch_model.bin"), "{err}");
     assert!(err.contains("data.pkl"), "{err}");
