@@ -196,20 +196,36 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
     }
 }
 
-/// Reads elements `range` (in output coordinates) of a source into `out` as `f32`, cropping
-/// a larger 2-D source to the output's shape.
+/// Reads elements `range` (in output coordinates) of source `name` into `out` as `f32`,
+/// cropping a larger 2-D source to the output's shape and adding a LoRA delta if the model has
+/// one for this tensor (such tensors are never streamed: `range` is then the whole tensor).
 fn read_source(
     plan: &Plan,
+    name: &str,
     info: &TensorInfo,
     model: usize,
     out_shape: &[usize],
     range: Range<usize>,
     out: &mut [f32],
-) {
+) -> Result<()> {
     let ck = &plan.models[model].checkpoint;
+    let full;
+    let read = |elems: Range<usize>, dst: &mut [f32]| ck.read_f32(info, elems, dst);
+    let src: Option<&[f32]> = if ck.has_delta(name) {
+        let mut v = vec![0f32; info.numel()];
+        ck.read_tensor_f32(name, info, &mut v)?;
+        full = v;
+        Some(&full)
+    } else {
+        None
+    };
+    let copy = |elems: Range<usize>, dst: &mut [f32]| match src {
+        Some(v) => dst.copy_from_slice(&v[elems]),
+        None => read(elems, dst),
+    };
     if info.shape == out_shape {
-        ck.read_f32(info, range, out);
-        return;
+        copy(range, out);
+        return Ok(());
     }
     // cropped 2-D: output row r, column c comes from source row r, column c
     let (ocols, scols) = (out_shape[1], info.shape[1]);
@@ -219,10 +235,11 @@ fn read_source(
         let (r, c) = (pos / ocols, pos % ocols);
         let n = (ocols - c).min(range.end - pos);
         let s = r * scols + c;
-        ck.read_f32(info, s..s + n, &mut out[o..o + n]);
+        copy(s..s + n, &mut out[o..o + n]);
         pos += n;
         o += n;
     }
+    Ok(())
 }
 
 fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
@@ -241,13 +258,25 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
         .collect();
     let multiple = sink.chunk_multiple(ti).max(1);
     let chunk = (CHUNK / multiple).max(1) * multiple;
-    let streamed = plan.method.info().elementwise && numel > chunk;
+    let has_delta = t
+        .sources
+        .iter()
+        .any(|s| plan.models[s.model].checkpoint.has_delta(&s.tensor));
+    let streamed = plan.method.info().elementwise && numel > chunk && !has_delta;
     let merge = |range: Range<usize>| -> Result<Vec<f32>> {
         let len = range.len();
         let mut bufs: Vec<Vec<f32>> = Vec::with_capacity(t.sources.len());
         for (s, info) in t.sources.iter().zip(&infos) {
             let mut b = vec![0f32; len];
-            read_source(plan, info, s.model, &t.shape, range.clone(), &mut b);
+            read_source(
+                plan,
+                &s.tensor,
+                info,
+                s.model,
+                &t.shape,
+                range.clone(),
+                &mut b,
+            )?;
             if info.dtype != t.math {
                 t.math.round_slice(&mut b);
             }
