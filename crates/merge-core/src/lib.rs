@@ -14,6 +14,7 @@ pub mod dtype;
 pub mod error;
 pub mod exec;
 pub mod gguf;
+pub mod lock;
 pub mod lora;
 pub mod merge;
 pub mod methods;
