@@ -376,3 +376,40 @@ fn arrays_json_hash_helper_matches_python() {
     );
     assert_eq!(py_json(&v), "[-0.0, -1000.0]");
 }
+
+/// The check-text ids of byte-level BPE tokenizer variants equal those of HF `tokenizers`
+/// (tests/fixtures/gguf/pretok, made by gen_pretok.py there).
+#[test]
+fn pretokenizer_check_text_ids_match_hf_tokenizers() {
+    let dir = fixtures().join("../pretok");
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let variants = expected["variants"].as_object().unwrap();
+    assert_eq!(variants.len(), 5);
+    for (name, want) in variants {
+        let tj: Value = serde_json::from_slice(
+            &std::fs::read(dir.join(format!("{name}.tokenizer.json"))).unwrap(),
+        )
+        .unwrap();
+        let ids = merge_core::gguf::pretok::check_ids(&tj).unwrap();
+        let want_ids: Vec<u32> = want["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, want_ids, "{name}");
+        assert_eq!(
+            merge_core::gguf::pretok::check_digest(&tj).unwrap(),
+            want["sha256"].as_str().unwrap(),
+            "{name}"
+        );
+    }
+    // the fixture tokenizer is not in llama.cpp's table: a clear error naming --pre
+    let tj: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("gpt2.tokenizer.json")).unwrap()).unwrap();
+    let e = merge_core::gguf::pretok::recognise(&tj, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--pre") && e.contains("428b276b"), "{e}");
+}
