@@ -70,6 +70,7 @@ fn plan_for(m: &Model, ftype: FileType, pre: Option<&str>) -> GgufPlan {
             ftype,
             pre_override: pre.map(String::from),
             name: None,
+            general: Vec::new(),
         },
     )
     .unwrap()
@@ -293,6 +294,7 @@ fn bpe_without_pre_is_a_clear_error() {
             ftype: FileType::F16,
             pre_override: None,
             name: None,
+            general: Vec::new(),
         },
     )
     .unwrap_err()
@@ -300,10 +302,11 @@ fn bpe_without_pre_is_a_clear_error() {
     assert!(e.contains("--pre"), "{e}");
 }
 
-/// F32/F16/BF16 tensor data, written through the streaming writer and read back, equals the
+/// Every file's tensor data (F32/F16/BF16 from the converter, the 14 quantized types from
+/// llama_model_quantize), written through the streaming writer and read back, equals the
 /// reference bytes.
 #[test]
-fn float_files_data_matches_reference() {
+fn all_files_data_matches_reference() {
     let man = manifest();
     let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;
@@ -314,9 +317,6 @@ fn float_files_data_matches_reference() {
                 continue;
             }
             let ftype = FileType::parse(file["type"].as_str().unwrap()).unwrap();
-            if !ftype.is_float() {
-                continue;
-            }
             let plan = plan_for(&m, ftype, pre);
             let layout = GgufLayout::new(&plan.metadata, &plan.specs()).unwrap();
             let path = dir.path().join(format!("{model}-{}.gguf", ftype.name()));
@@ -362,7 +362,7 @@ fn float_files_data_matches_reference() {
             assert_eq!(ours, theirs);
         }
     }
-    assert_eq!(checked, 12 * 3 + 26 + 12);
+    assert_eq!(checked, 12 * 17 + 26 * 2 + 12 * 4);
 }
 
 #[test]
@@ -412,4 +412,69 @@ fn pretokenizer_check_text_ids_match_hf_tokenizers() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("--pre") && e.contains("428b276b"), "{e}");
+}
+
+/// With the provenance keys the converter derived (general.name, general.size_label), every
+/// file smelt writes is byte-identical to llama.cpp's: same key order, tensor order, offsets,
+/// padding and data.
+#[test]
+fn whole_files_are_byte_identical() {
+    let man = manifest();
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for (model, pre) in MODELS {
+        let m = load_model(model);
+        let list: Vec<HfTensor> = m.tensors.iter().map(|(t, _)| t.clone()).collect();
+        for file in man["files"].as_array().unwrap() {
+            if file["model"].as_str() != Some(model) {
+                continue;
+            }
+            let md = &file["metadata"];
+            let ftype = FileType::parse(file["type"].as_str().unwrap()).unwrap();
+            let plan = convert::plan(
+                &m.dir,
+                &m.config,
+                &list,
+                &PlanOptions {
+                    ftype,
+                    pre_override: pre.map(String::from),
+                    name: md["general.name"].as_str().map(String::from),
+                    general: vec![(
+                        "general.size_label".into(),
+                        GgufValue::String(md["general.size_label"].as_str().unwrap().into()),
+                    )],
+                },
+            )
+            .unwrap();
+            let path = dir.path().join("f.gguf");
+            let layout = GgufLayout::new(&plan.metadata, &plan.specs()).unwrap();
+            let w = GgufWriter::create(&path, layout).unwrap();
+            for (i, t) in plan.tensors.iter().enumerate() {
+                let vals = &m
+                    .tensors
+                    .iter()
+                    .find(|(h, _)| h.name == t.source)
+                    .unwrap()
+                    .1;
+                w.write_tensor(i, &convert::encode_tensor(t, vals).unwrap())
+                    .unwrap();
+            }
+            w.finish().unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(
+                bytes.len() as u64,
+                file["bytes"].as_u64().unwrap(),
+                "{}",
+                file["file"]
+            );
+            assert_eq!(
+                hex(&bytes),
+                file["sha256"].as_str().unwrap(),
+                "{}",
+                file["file"]
+            );
+            n += 1;
+        }
+    }
+    assert_eq!(n, 23);
 }

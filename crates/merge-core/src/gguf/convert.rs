@@ -14,8 +14,9 @@ use serde_json::Value;
 
 use super::arch::{self, Arch, Hparams, Transform};
 use super::error::{GgufError, GgufResult};
-use super::file::{GgufValue, TensorSpec, f32_to_bf16_bytes, f32_to_f16_bytes};
+use super::file::{GgufValue, TensorSpec};
 use super::mixture::{self, FileType, MixtureModel, MixtureTensor};
+use super::quant;
 use super::tokenizer::{self, TokenizerOptions};
 use super::types::GgmlType;
 
@@ -88,6 +89,9 @@ pub struct PlanOptions {
     pub pre_override: Option<String>,
     /// `general.name`; defaults to the model folder's name.
     pub name: Option<String>,
+    /// More `general.*` pairs (size label, base models, ...), written right after
+    /// `general.name` as the converter does.
+    pub general: Vec<(String, GgufValue)>,
 }
 
 /// Merges `text_config` over the root, as the converter does for multimodal configs.
@@ -229,6 +233,7 @@ pub fn plan(
         ("general.type".into(), GgufValue::String("model".into())),
         ("general.name".into(), GgufValue::String(name)),
     ];
+    md.extend(opts.general.iter().cloned());
     let mut arch_md = arch::arch_metadata(arch, &config, &hp)?;
     // The converter writes general.file_type at the end of the common keys, before the
     // llama-only vocab_size / rope.dimension_count; order does not matter to readers.
@@ -286,7 +291,7 @@ pub fn plan(
 }
 
 /// Applies the tensor's transform to its source values (HF layout, row-major) and encodes
-/// them as the planned type. Quantized types need the block quantizers.
+/// them as the planned type (ggml's reference conversions and quantizers, bit-exact).
 pub fn encode_tensor(t: &PlannedTensor, values: &[f32]) -> GgufResult<Vec<u8>> {
     let n: u64 = t.dims.iter().product();
     if values.len() as u64 != n {
@@ -321,23 +326,17 @@ pub fn encode_tensor(t: &PlannedTensor, values: &[f32]) -> GgufResult<Vec<u8>> {
             "holds NaN or infinite values, which llama.cpp cannot use",
         ));
     }
-    let mut out = Vec::with_capacity(t.ty.row_bytes(vals.len()));
-    match t.ty {
-        GgmlType::F32 => {
-            for v in vals {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        GgmlType::F16 => f32_to_f16_bytes(vals, &mut out),
-        GgmlType::BF16 => f32_to_bf16_bytes(vals, &mut out),
-        other => {
-            return Err(GgufError::tensor(
-                &t.name,
-                format!(
-                    "quantizing to {other} needs the block quantizers (gguf::quant), not yet available"
-                ),
-            ));
-        }
+    let ne0 = t.dims[0] as usize;
+    if ne0 == 0 || !ne0.is_multiple_of(t.ty.block_size()) {
+        return Err(GgufError::tensor(
+            &t.name,
+            format!(
+                "row length {ne0} is not a multiple of {}'s block size",
+                t.ty
+            ),
+        ));
     }
+    let mut out = vec![0u8; vals.len() / ne0 * t.ty.row_bytes(ne0)];
+    quant::quantize_rows(t.ty, vals, ne0, &mut out);
     Ok(out)
 }

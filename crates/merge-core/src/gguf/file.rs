@@ -1088,23 +1088,9 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, Stri
             bytes.len()
         ));
     }
-    match ty {
-        GgmlType::F32 => Ok(bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()),
-        GgmlType::F16 => Ok(bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect()),
-        GgmlType::BF16 => Ok(bytes
-            .chunks_exact(2)
-            .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
-            .collect()),
-        _ => Err(format!(
-            "dequantizing {ty} needs the block quantizers (gguf::quant), not yet available"
-        )),
-    }
+    let mut out = vec![0f32; n];
+    super::quant::dequantize_row(ty, bytes, &mut out);
+    Ok(out)
 }
 
 /// Converts f32 values to ggml F16 bytes the way ggml does (round to nearest even, NaN →

@@ -7,6 +7,7 @@ pub mod error;
 pub mod file;
 pub mod mixture;
 pub mod pretok;
+pub mod quant;
 pub mod tokenizer;
 pub mod types;
 
