@@ -340,3 +340,159 @@ pub fn encode_tensor(t: &PlannedTensor, values: &[f32]) -> GgufResult<Vec<u8>> {
     quant::quantize_rows(t.ty, vals, ne0, &mut out);
     Ok(out)
 }
+
+/// What [`convert_folder`] did.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    /// The architecture written.
+    pub arch: Arch,
+    /// The file type written.
+    pub ftype: FileType,
+    /// Number of tensors written.
+    pub tensors: usize,
+    /// Size of the GGUF file in bytes.
+    pub bytes: u64,
+    /// `tokenizer.ggml.pre`.
+    pub pre: String,
+}
+
+/// Converts the HF model folder `hf_dir` (safetensors, config.json, tokenizer files) into the
+/// GGUF file `out_path` with file type `ftype`, like llama.cpp's `convert_hf_to_gguf.py`
+/// followed by `llama-quantize`, using `threads` worker threads (0 = all cores).
+///
+/// Tensors are converted in parallel, each written at its planned offset; the output is the
+/// same at any thread count and appears atomically when complete.
+pub fn convert_folder(
+    hf_dir: &Path,
+    out_path: &Path,
+    ftype: FileType,
+    pre_override: Option<&str>,
+    threads: usize,
+) -> crate::Result<ConvertReport> {
+    use crate::checkpoint::Checkpoint;
+    use crate::dtype::DType;
+    use rayon::prelude::*;
+
+    let ck = Checkpoint::open(hf_dir, &hf_dir.display().to_string())?;
+    let config = ck
+        .config
+        .clone()
+        .ok_or_else(|| crate::Error::ModelNotFound {
+            reference: hf_dir.display().to_string(),
+            reason: "no config.json in the model folder".into(),
+        })?;
+    let list: Vec<HfTensor> = ck
+        .tensors
+        .iter()
+        .map(|(name, t)| HfTensor {
+            name: name.clone(),
+            shape: t.shape.iter().map(|&d| d as u64).collect(),
+        })
+        .collect();
+    let plan = plan(
+        hf_dir,
+        &config,
+        &list,
+        &PlanOptions {
+            ftype,
+            pre_override: pre_override.map(String::from),
+            name: None,
+            general: vec![(
+                "general.size_label".into(),
+                GgufValue::String(size_label(
+                    list.iter().map(|t| t.shape.iter().product::<u64>()).sum(),
+                )),
+            )],
+        },
+    )?;
+    for t in &plan.tensors {
+        let info = &ck.tensors[&t.source];
+        if !info.dtype.is_math() {
+            return Err(GgufError::tensor(
+                &t.source,
+                format!(
+                    "dtype {} cannot be converted to GGUF",
+                    info.dtype.safetensors_name()
+                ),
+            )
+            .into());
+        }
+    }
+    let layout = super::file::GgufLayout::new(&plan.metadata, &plan.specs())?;
+    let bytes = layout.total_size();
+    let writer = super::file::GgufWriter::create(out_path, layout)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| crate::Error::Plan(format!("cannot start worker threads: {e}")))?;
+    pool.install(|| {
+        plan.tensors
+            .par_iter()
+            .enumerate()
+            .try_for_each(|(i, t)| -> crate::Result<()> {
+                let info = &ck.tensors[&t.source];
+                let mut vals = vec![0f32; info.numel()];
+                ck.read_f32(info, 0..info.numel(), &mut vals);
+                let mut t = t.clone();
+                if t.transform == Transform::AddOne
+                    && matches!(info.dtype, DType::F16 | DType::BF16)
+                {
+                    // The converter adds 1 in the checkpoint's own dtype.
+                    for v in &mut vals {
+                        *v = info.dtype.round(*v + 1.0);
+                    }
+                    t.transform = Transform::None;
+                }
+                let data = encode_tensor(&t, &vals)?;
+                writer.write_tensor(i, &data)?;
+                Ok(())
+            })
+    })?;
+    writer.finish()?;
+    let pre = plan
+        .get("tokenizer.ggml.pre")
+        .and_then(GgufValue::as_str)
+        .unwrap_or("")
+        .to_string();
+    Ok(ConvertReport {
+        arch: plan.arch,
+        ftype,
+        tensors: plan.tensors.len(),
+        bytes,
+        pre,
+    })
+}
+
+/// gguf-py's parameter-count label (`853K`, `7.2B`): the count scaled to K/M/B/T, with enough
+/// decimals for two significant digits.
+pub fn size_label(n_params: u64) -> String {
+    let n = n_params as f64;
+    let (scaled, suffix) = if n > 1e12 {
+        (n * 1e-12, "T")
+    } else if n > 1e9 {
+        (n * 1e-9, "B")
+    } else if n > 1e6 {
+        (n * 1e-6, "M")
+    } else {
+        (n * 1e-3, "K")
+    };
+    let digits = format!("{}", scaled.round() as u64);
+    let digits = digits.trim_start_matches('0').len();
+    let fix = 2usize.saturating_sub(digits);
+    format!("{scaled:.fix$}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_labels() {
+        // fixture manifest: 852736 -> "853K", 854016 -> "854K"; gguf-py examples
+        assert_eq!(size_label(852_736), "853K");
+        assert_eq!(size_label(854_016), "854K");
+        assert_eq!(size_label(7_241_732_096), "7.2B");
+        assert_eq!(size_label(494_032_768), "494M");
+        assert_eq!(size_label(70_553_706_496), "71B");
+    }
+}
