@@ -536,3 +536,268 @@ fn convert_folder_end_to_end() {
     .to_string();
     assert!(e.contains("model.safetensors"), "{e}");
 }
+
+fn synth_tensors(
+    layers: usize,
+    per_layer: &[(&str, Vec<u64>)],
+    extra: &[(&str, Vec<u64>)],
+) -> Vec<HfTensor> {
+    let mut v: Vec<HfTensor> = extra
+        .iter()
+        .map(|(n, s)| HfTensor {
+            name: n.to_string(),
+            shape: s.clone(),
+        })
+        .collect();
+    for l in 0..layers {
+        for (n, s) in per_layer {
+            v.push(HfTensor {
+                name: format!("model.layers.{l}.{n}"),
+                shape: s.clone(),
+            });
+        }
+    }
+    v
+}
+
+/// Plans for the architectures without reference files (gemma, gemma2, qwen3, phi3), checked
+/// against spec §3.3/§4.3/§4.5 by hand; the SentencePiece fixture folder supplies the tokenizer.
+#[test]
+fn other_architectures_plan_by_the_spec() {
+    let spm = fixtures().join("gguf-mistral-spm");
+    let opts = |ftype| PlanOptions {
+        ftype,
+        pre_override: None,
+        name: Some("x".into()),
+        general: Vec::new(),
+    };
+    let attn = |q: u64, kv: u64| {
+        vec![
+            ("self_attn.q_proj.weight", vec![q, 256]),
+            ("self_attn.k_proj.weight", vec![kv, 256]),
+            ("self_attn.v_proj.weight", vec![kv, 256]),
+            ("self_attn.o_proj.weight", vec![256, q]),
+            ("mlp.gate_proj.weight", vec![512, 256]),
+            ("mlp.up_proj.weight", vec![512, 256]),
+            ("mlp.down_proj.weight", vec![256, 512]),
+            ("input_layernorm.weight", vec![256]),
+            ("post_attention_layernorm.weight", vec![256]),
+        ]
+    };
+    let common = serde_json::json!({
+        "hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 64,
+        "num_hidden_layers": 2, "intermediate_size": 512, "vocab_size": 512,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "bos_token_id": 2, "eos_token_id": 1
+    });
+    let with = |arch: &str, more: serde_json::Value| {
+        let mut c = common.clone();
+        c["architectures"] = serde_json::json!([arch]);
+        for (k, v) in more.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let embd = [
+        ("model.embed_tokens.weight", vec![512u64, 256]),
+        ("model.norm.weight", vec![256]),
+        ("lm_head.weight", vec![512, 256]),
+    ];
+
+    // gemma: norms +1, no output tensor even with lm_head present, add_space_prefix false,
+    // CodeGemma ids, no rope.freq_base; tied rule gives token_embd Q6_K.
+    let c = with("GemmaForCausalLM", serde_json::json!({}));
+    let p = convert::plan(
+        &spm,
+        &c,
+        &synth_tensors(2, &attn(256, 64), &embd),
+        &opts(FileType::Q4_K_M),
+    )
+    .unwrap();
+    assert!(p.tensors.iter().all(|t| t.name != "output.weight"));
+    let norm = p
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.1.attn_norm.weight")
+        .unwrap();
+    assert_eq!(norm.transform, merge_core::gguf::arch::Transform::AddOne);
+    let te = p
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .unwrap();
+    assert_eq!(te.ty.name(), "Q6_K");
+    assert_eq!(
+        p.get("gemma.attention.key_length"),
+        Some(&GgufValue::U32(64))
+    );
+    assert_eq!(
+        p.get("gemma.attention.head_count_kv"),
+        Some(&GgufValue::U32(1))
+    );
+    assert_eq!(
+        p.get("gemma.attention.layer_norm_rms_epsilon"),
+        Some(&GgufValue::F32(1e-6))
+    );
+    assert!(p.get("gemma.rope.freq_base").is_none());
+    assert_eq!(
+        p.get("tokenizer.ggml.add_space_prefix"),
+        Some(&GgufValue::Bool(false))
+    );
+    assert_eq!(
+        p.get("tokenizer.ggml.eot_token_id"),
+        Some(&GgufValue::U32(107))
+    );
+    // ids from tokenizer_config.json (<s> = 1) win over config.json's bos_token_id 2
+    assert_eq!(
+        p.get("tokenizer.ggml.bos_token_id"),
+        Some(&GgufValue::U32(1))
+    );
+
+    // gemma2: four norms per layer, softcapping and sliding window keys
+    let mut g2 = attn(256, 64);
+    g2.retain(|(n, _)| *n != "post_attention_layernorm.weight");
+    g2.push(("post_attention_layernorm.weight", vec![256]));
+    g2.push(("pre_feedforward_layernorm.weight", vec![256]));
+    g2.push(("post_feedforward_layernorm.weight", vec![256]));
+    let c = with(
+        "Gemma2ForCausalLM",
+        serde_json::json!({"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": 4096}),
+    );
+    let p = convert::plan(
+        &spm,
+        &c,
+        &synth_tensors(2, &g2, &embd),
+        &opts(FileType::F16),
+    )
+    .unwrap();
+    for n in [
+        "attn_norm",
+        "post_attention_norm",
+        "ffn_norm",
+        "post_ffw_norm",
+    ] {
+        let t = p
+            .tensors
+            .iter()
+            .find(|t| t.name == format!("blk.0.{n}.weight"))
+            .unwrap();
+        assert_eq!(
+            t.transform,
+            merge_core::gguf::arch::Transform::AddOne,
+            "{n}"
+        );
+        assert_eq!(t.ty.name(), "F32");
+    }
+    assert_eq!(
+        p.get("gemma2.attn_logit_softcapping"),
+        Some(&GgufValue::F32(50.0))
+    );
+    assert_eq!(
+        p.get("gemma2.attention.sliding_window"),
+        Some(&GgufValue::U32(4096))
+    );
+
+    // qwen3: q/k norms, no permutation, head_dim keys
+    let mut q3 = attn(256, 64);
+    q3.push(("self_attn.q_norm.weight", vec![64]));
+    q3.push(("self_attn.k_norm.weight", vec![64]));
+    let c = with(
+        "Qwen3ForCausalLM",
+        serde_json::json!({"tie_word_embeddings": false}),
+    );
+    let p = convert::plan(
+        &spm,
+        &c,
+        &synth_tensors(2, &q3, &embd),
+        &opts(FileType::Q8_0),
+    )
+    .unwrap();
+    let qn = p
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.1.attn_q_norm.weight")
+        .unwrap();
+    assert_eq!(qn.ty.name(), "F32");
+    let q = p
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.0.attn_q.weight")
+        .unwrap();
+    assert_eq!(q.transform, merge_core::gguf::arch::Transform::None);
+    assert_eq!(
+        p.get("qwen3.attention.value_length"),
+        Some(&GgufValue::U32(64))
+    );
+    assert_eq!(
+        p.get("qwen3.rope.freq_base"),
+        Some(&GgufValue::F32(10000.0))
+    );
+    assert!(
+        p.tensors
+            .iter()
+            .any(|t| t.name == "output.weight" && t.ty.name() == "Q8_0")
+    );
+
+    // phi3: fused qkv / gate_up; Q4_K_M treats attn_qkv like attn_v (§3.7): layer 1 of 2 is Q6_K
+    let phi = vec![
+        ("self_attn.qkv_proj.weight", vec![768u64, 256]),
+        ("self_attn.o_proj.weight", vec![256, 256]),
+        ("mlp.gate_up_proj.weight", vec![1024, 256]),
+        ("mlp.down_proj.weight", vec![256, 512]),
+        ("input_layernorm.weight", vec![256]),
+        ("post_attention_layernorm.weight", vec![256]),
+    ];
+    let c = with(
+        "Phi3ForCausalLM",
+        serde_json::json!({"num_key_value_heads": 4, "original_max_position_embeddings": 4096, "sliding_window": 2047}),
+    );
+    let p = convert::plan(
+        &spm,
+        &c,
+        &synth_tensors(2, &phi, &embd),
+        &opts(FileType::Q4_K_M),
+    )
+    .unwrap();
+    let ty = |n: &str| p.tensors.iter().find(|t| t.name == n).unwrap().ty.name();
+    assert_eq!(ty("blk.0.attn_qkv.weight"), "Q4_K");
+    assert_eq!(ty("blk.1.attn_qkv.weight"), "Q6_K");
+    assert_eq!(ty("blk.1.ffn_up.weight"), "Q4_K");
+    assert_eq!(ty("blk.1.ffn_down.weight"), "Q6_K");
+    assert_eq!(
+        p.get("phi3.rope.dimension_count"),
+        Some(&GgufValue::U32(64))
+    );
+    assert_eq!(
+        p.get("phi3.attention.sliding_window"),
+        Some(&GgufValue::U32(2047))
+    );
+    assert!(p.tensors.iter().all(|t| !t.name.contains("ffn_gate")));
+
+    // unsupported architecture: clear error listing the supported ones
+    let c = with("FalconForCausalLM", serde_json::json!({}));
+    let e = convert::plan(&spm, &c, &[], &opts(FileType::F16))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("FalconForCausalLM") && e.contains("Qwen2ForCausalLM"),
+        "{e}"
+    );
+    // llama-3.1 rope: rope_freqs.weight generated first, F32
+    let c = with(
+        "LlamaForCausalLM",
+        serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}, "rope_theta": 500000.0}),
+    );
+    let p = convert::plan(
+        &spm,
+        &c,
+        &synth_tensors(1, &attn(256, 64), &embd),
+        &opts(FileType::F16),
+    )
+    .unwrap();
+    assert_eq!(p.tensors[0].name, "rope_freqs.weight");
+    assert_eq!(p.tensors[0].dims, vec![32]);
+    assert_eq!(p.generated_values("rope_freqs.weight").unwrap().len(), 32);
+    assert!(p.get("llama.rope.scaling.type").is_none());
+}

@@ -309,12 +309,7 @@ pub fn arch_metadata(
                     ("su" | "longrope", _) => {
                         put("rope.scaling.type", GgufValue::String("longrope".into()));
                     }
-                    ("llama3", _) => {
-                        return Err(GgufError::Config(
-                            "rope_type llama3 (Llama-3.1 rope_freqs tensor) is not supported yet"
-                                .into(),
-                        ));
-                    }
+                    // llama3: no keys; the `rope_freqs.weight` tensor (see generated_tensors)
                     _ => {}
                 }
             }
@@ -366,9 +361,10 @@ pub fn arch_metadata(
             }
         }
         Arch::Phi3 => {
+            let rp = rope_params(config);
             let ctx = req_u32(config, &["n_positions", "max_position_embeddings"])?;
             put("context_length", GgufValue::U32(ctx));
-            let orig = req_u32(config, &["original_max_position_embeddings"])?;
+            let orig = phi3_orig_ctx(config, &rp)?;
             put("rope.scaling.original_context_length", GgufValue::U32(orig));
             put("embedding_length", GgufValue::U32(hp.n_embd));
             put("feed_forward_length", GgufValue::U32(hp.n_ff));
@@ -378,30 +374,172 @@ pub fn arch_metadata(
             let eps = opt_f32(config, &["rms_norm_eps"])?
                 .ok_or_else(|| GgufError::Config("missing `rms_norm_eps`".into()))?;
             put("attention.layer_norm_rms_epsilon", GgufValue::F32(eps));
-            let rot = config
-                .get("partial_rotary_factor")
-                .and_then(Value::as_f64)
-                .unwrap_or(1.0);
-            let rope_dims = (rot * f64::from(hp.n_embd)) as u32 / hp.n_head;
-            put("rope.dimension_count", GgufValue::U32(rope_dims));
-            let theta = rope_params(config)
+            put(
+                "rope.dimension_count",
+                GgufValue::U32(phi3_rope_dims(config, &rp, hp)),
+            );
+            let theta = rp
                 .get("rope_theta")
                 .and_then(Value::as_f64)
-                .unwrap_or(10000.0);
+                .ok_or_else(|| GgufError::Config("missing `rope_theta`".into()))?;
             put("rope.freq_base", GgufValue::F32(theta as f32));
             let sw = opt_u32(config, &["sliding_window"])?.unwrap_or(0);
             put("attention.sliding_window", GgufValue::U32(sw));
-            if let Some(t) = rope_params(config).get("rope_type").and_then(Value::as_str)
-                && matches!(t, "su" | "longrope")
-            {
-                return Err(GgufError::Config(
-                    "Phi-3 long-context rope (rope_factors_long/short tensors) is not supported yet"
-                        .into(),
-                ));
+            if let Some((attn_factor, _, _)) = phi3_long_rope(config, hp)? {
+                put("rope.scaling.attn_factor", GgufValue::F32(attn_factor));
             }
         }
     }
     Ok(md)
+}
+
+fn phi3_orig_ctx(config: &Value, rp: &serde_json::Map<String, Value>) -> GgufResult<u32> {
+    rp.get("original_max_position_embeddings")
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Ok)
+        .unwrap_or_else(|| req_u32(config, &["original_max_position_embeddings"]))
+}
+
+fn phi3_rope_dims(config: &Value, rp: &serde_json::Map<String, Value>, hp: &Hparams) -> u32 {
+    let rot = rp
+        .get("partial_rotary_factor")
+        .or_else(|| config.get("partial_rotary_factor"))
+        .and_then(Value::as_f64)
+        .unwrap_or(1.0);
+    (rot * f64::from(hp.n_embd)) as u32 / hp.n_head
+}
+
+type LongRope = (f32, Vec<f32>, Vec<f32>);
+
+/// Phi-3 long-context rope: attention factor and the long/short factor lists.
+fn phi3_long_rope(config: &Value, hp: &Hparams) -> GgufResult<Option<LongRope>> {
+    let rp = rope_params(config);
+    let Some(long) = rp
+        .get("long_factor")
+        .and_then(Value::as_array)
+        .filter(|l| !l.is_empty())
+    else {
+        return Ok(None);
+    };
+    let max_pos = f64::from(req_u32(
+        config,
+        &["n_positions", "max_position_embeddings"],
+    )?);
+    let orig = f64::from(phi3_orig_ctx(config, &rp)?);
+    let scale = max_pos / orig;
+    let kind = rp
+        .get("rope_type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let attn = match kind.as_str() {
+        "su" | "longrope" if scale > 1.0 => (1.0 + scale.ln() / orig.ln()).sqrt(),
+        "yarn" if scale > 1.0 => 0.1 * scale.ln() + 1.0,
+        "su" | "longrope" | "yarn" => 1.0,
+        "" => return Err(GgufError::Config("rope scaling without a type".into())),
+        other => {
+            return Err(GgufError::Config(format!(
+                "Phi-3 rope scaling type `{other}` is not supported"
+            )));
+        }
+    };
+    let floats = |v: &Value, what: &str| -> GgufResult<Vec<f32>> {
+        v.as_array()
+            .ok_or_else(|| GgufError::Config(format!("rope scaling `{what}` missing")))?
+            .iter()
+            .map(|x| {
+                x.as_f64()
+                    .map(|f| f as f32)
+                    .ok_or_else(|| GgufError::Config(format!("`{what}` holds a non-number")))
+            })
+            .collect()
+    };
+    let long = floats(&Value::Array(long.clone()), "long_factor")?;
+    let short = floats(
+        rp.get("short_factor").unwrap_or(&Value::Null),
+        "short_factor",
+    )?;
+    let half = (phi3_rope_dims(config, &rp, hp) / 2) as usize;
+    if long.len() != short.len() || long.len() != half {
+        return Err(GgufError::Config(format!(
+            "rope long/short factors must have {half} entries (found {} and {})",
+            long.len(),
+            short.len()
+        )));
+    }
+    Ok(Some((attn as f32, long, short)))
+}
+
+/// Tensors the converter generates from config.json rather than copies: Llama-3.1's
+/// `rope_freqs.weight` and Phi-3's `rope_factors_long/short.weight` (F32, 1-D).
+pub fn generated_tensors(
+    arch: Arch,
+    config: &Value,
+    hp: &Hparams,
+) -> GgufResult<Vec<(String, Vec<f32>)>> {
+    let rp = rope_params(config);
+    match arch {
+        Arch::Llama
+            if rp
+                .get("rope_type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("llama3")) =>
+        {
+            let num = |k: &str, d: f64| rp.get(k).and_then(Value::as_f64).unwrap_or(d);
+            let base = num("rope_theta", 10000.0);
+            let dim = hp.head_size();
+            let factor = num("factor", 8.0);
+            let low = num("low_freq_factor", 1.0);
+            let high = num("high_freq_factor", 4.0);
+            let old_ctx = config
+                .get("original_max_position_embeddings")
+                .or_else(|| rp.get("original_max_position_embeddings"))
+                .and_then(Value::as_f64)
+                .unwrap_or(8192.0);
+            Ok(vec![(
+                "rope_freqs.weight".into(),
+                llama3_rope_factors(base, dim, factor, low, high, old_ctx),
+            )])
+        }
+        Arch::Phi3 => Ok(match phi3_long_rope(config, hp)? {
+            Some((_, long, short)) => vec![
+                ("rope_factors_long.weight".into(), long),
+                ("rope_factors_short.weight".into(), short),
+            ],
+            None => Vec::new(),
+        }),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Llama-3.1 rope frequency factors, computed in f32 as the converter's torch code does.
+pub fn llama3_rope_factors(
+    base: f64,
+    dim: u32,
+    factor: f64,
+    low: f64,
+    high: f64,
+    old_ctx: f64,
+) -> Vec<f32> {
+    let low_wavelen = old_ctx / low;
+    let high_wavelen = old_ctx / high;
+    (0..dim)
+        .step_by(2)
+        .map(|i| {
+            let e = i as f32 / dim as f32;
+            let freq = 1.0f32 / (base as f32).powf(e);
+            let wavelen = std::f32::consts::TAU / freq;
+            if f64::from(wavelen) < high_wavelen {
+                1.0
+            } else if f64::from(wavelen) > low_wavelen {
+                factor as f32
+            } else {
+                let smooth = ((old_ctx as f32) / wavelen - low as f32) / ((high - low) as f32);
+                1.0 / ((1.0 - smooth) / factor as f32 + smooth)
+            }
+        })
+        .collect()
 }
 
 /// A data transform applied while converting a tensor.
@@ -416,6 +554,9 @@ pub enum Transform {
     },
     /// Add 1 to every element (Gemma norms).
     AddOne,
+    /// Not read from the checkpoint: values generated from config.json (see
+    /// [`generated_tensors`]).
+    Generated,
 }
 
 /// Where one HF tensor goes.
@@ -642,5 +783,59 @@ mod tests {
         );
         assert!(map_tensor(Arch::Llama, &hp, "model.layers.2.mlp.up_proj.weight").is_err());
         assert!(map_tensor(Arch::Llama, &hp, "vision_tower.x.weight").is_err());
+    }
+
+    #[test]
+    fn llama3_rope_freqs() {
+        // Llama-3.1-8B: theta 500000, head_dim 128, factor 8, low 1, high 4, original 8192.
+        let f = llama3_rope_factors(500000.0, 128, 8.0, 1.0, 4.0, 8192.0);
+        assert_eq!(f.len(), 64);
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[63], 8.0);
+        assert!(f.windows(2).all(|w| w[0] <= w[1]));
+        // the smooth band: wavelength between 2048 and 8192; check one entry in f64
+        let i = f.iter().position(|&x| x > 1.0 && x < 8.0).unwrap();
+        let freq = 1.0 / 500000f64.powf((2 * i) as f64 / 128.0);
+        let wl = 2.0 * std::f64::consts::PI / freq;
+        let smooth = (8192.0 / wl - 1.0) / 3.0;
+        let want = 1.0 / ((1.0 - smooth) / 8.0 + smooth);
+        assert!((f64::from(f[i]) - want).abs() < 1e-4, "{} vs {want}", f[i]);
+    }
+
+    #[test]
+    fn phi3_long_rope_factors() {
+        let half = 48;
+        let c = json!({
+            "architectures": ["Phi3ForCausalLM"], "hidden_size": 3072, "num_attention_heads": 32,
+            "num_key_value_heads": 32, "num_hidden_layers": 32, "intermediate_size": 8192,
+            "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "vocab_size": 32064,
+            "rope_scaling": {"type": "longrope", "long_factor": vec![1.5; half], "short_factor": vec![1.0; half]}
+        });
+        let hp = Hparams::from_config(&c).unwrap();
+        let md = arch_metadata(Arch::Phi3, &c, &hp).unwrap();
+        let get = |k: &str| md.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+        // sqrt(1 + ln(32) / ln(4096))
+        let want = (1.0 + 32f64.ln() / 4096f64.ln()).sqrt() as f32;
+        assert_eq!(
+            get("phi3.rope.scaling.attn_factor"),
+            Some(GgufValue::F32(want))
+        );
+        assert_eq!(get("phi3.rope.dimension_count"), Some(GgufValue::U32(96)));
+        assert_eq!(
+            get("phi3.rope.scaling.original_context_length"),
+            Some(GgufValue::U32(4096))
+        );
+        assert_eq!(
+            get("phi3.attention.sliding_window"),
+            Some(GgufValue::U32(0))
+        );
+        let g = generated_tensors(Arch::Phi3, &c, &hp).unwrap();
+        assert_eq!(g[0].0, "rope_factors_long.weight");
+        assert_eq!(g[0].1, vec![1.5f32; half]);
+        assert_eq!(g[1].0, "rope_factors_short.weight");
+        let mut bad = c.clone();
+        bad["rope_scaling"]["short_factor"] = json!([1.0]);
+        assert!(generated_tensors(Arch::Phi3, &bad, &hp).is_err());
     }
 }

@@ -66,12 +66,22 @@ pub struct GgufPlan {
     pub metadata: Vec<(String, GgufValue)>,
     /// Every tensor, in write order.
     pub tensors: Vec<PlannedTensor>,
+    /// Values of the tensors generated from config.json ([`Transform::Generated`]).
+    pub generated: Vec<(String, Vec<f32>)>,
 }
 
 impl GgufPlan {
     /// The value of metadata key `key`.
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The values of generated tensor `name`.
+    pub fn generated_values(&self, name: &str) -> Option<&[f32]> {
+        self.generated
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     /// Writer specs for every tensor, in write order.
@@ -126,7 +136,18 @@ pub fn plan(
     // Tensors, in the converter's order (HF names sorted).
     let mut sorted: Vec<&HfTensor> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut planned = Vec::new();
+    // Generated tensors come first, as in the converter.
+    let generated = arch::generated_tensors(arch, &config, &hp)?;
+    let mut planned: Vec<PlannedTensor> = generated
+        .iter()
+        .map(|(name, vals)| PlannedTensor {
+            name: name.clone(),
+            dims: vec![vals.len() as u64],
+            ty: GgmlType::F32,
+            source: "(generated from config.json)".into(),
+            transform: Transform::Generated,
+        })
+        .collect();
     for t in sorted {
         let Some(m) = arch::map_tensor(arch, &hp, &t.name)? else {
             continue;
@@ -266,6 +287,7 @@ pub fn plan(
             n_vocab: Some(n_vocab as usize),
             no_space_prefix: arch.no_space_prefix(),
             gemma_special_ids: arch == Arch::Gemma,
+            phi3: arch == Arch::Phi3,
         },
     )?;
     if tok.n_tokens as u64 != n_vocab {
@@ -287,6 +309,7 @@ pub fn plan(
         ftype: opts.ftype,
         metadata: md,
         tensors: planned,
+        generated,
     })
 }
 
@@ -302,7 +325,7 @@ pub fn encode_tensor(t: &PlannedTensor, values: &[f32]) -> GgufResult<Vec<u8>> {
     }
     let transformed: Vec<f32>;
     let vals: &[f32] = match t.transform {
-        Transform::None => values,
+        Transform::None | Transform::Generated => values,
         Transform::AddOne => {
             transformed = values.iter().map(|v| v + 1.0).collect();
             &transformed
@@ -405,7 +428,11 @@ pub fn convert_folder(
             )],
         },
     )?;
-    for t in &plan.tensors {
+    for t in plan
+        .tensors
+        .iter()
+        .filter(|t| t.transform != Transform::Generated)
+    {
         let info = &ck.tensors[&t.source];
         if !info.dtype.is_math() {
             return Err(GgufError::tensor(
@@ -430,6 +457,11 @@ pub fn convert_folder(
             .par_iter()
             .enumerate()
             .try_for_each(|(i, t)| -> crate::Result<()> {
+                if t.transform == Transform::Generated {
+                    let vals = plan.generated_values(&t.name).unwrap_or(&[]);
+                    writer.write_tensor(i, &encode_tensor(t, vals)?)?;
+                    return Ok(());
+                }
                 let info = &ck.tensors[&t.source];
                 let mut vals = vec![0f32; info.numel()];
                 ck.read_f32(info, 0..info.numel(), &mut vals);

@@ -235,6 +235,9 @@ pub struct TokenizerOptions {
     pub no_space_prefix: bool,
     /// Add the CodeGemma fill-in-the-middle ids the converter writes for Gemma.
     pub gemma_special_ids: bool,
+    /// Phi-3's own SentencePiece overlay (added tokens from tokenizer_config.json and
+    /// tokenizer.json become USER_DEFINED or CONTROL) and its `GPT2Tokenizer` switch.
+    pub phi3: bool,
 }
 
 fn read_json(path: &Path) -> GgufResult<Option<Value>> {
@@ -278,14 +281,32 @@ pub fn tokenizer_metadata(
         .and_then(Value::as_u64)
         .map(|v| v as usize);
     let spm_path = dir.join("tokenizer.model");
+    let gpt2_class = tokenizer_config
+        .as_ref()
+        .and_then(|c| c.get("tokenizer_class"))
+        .and_then(Value::as_str)
+        == Some("GPT2Tokenizer");
+    if opts.phi3 && !gpt2_class && !spm_path.is_file() {
+        return Err(tok_err(&spm_path, "Phi-3 needs tokenizer.model"));
+    }
+    let use_spm = spm_path.is_file() && !(opts.phi3 && gpt2_class);
     let mut kvs: Vec<(String, GgufValue)> = Vec::new();
     let n_tokens;
     let mut merges: Option<Vec<String>> = None;
-    if spm_path.is_file() {
+    if use_spm {
         let bytes = std::fs::read(&spm_path).map_err(|e| GgufError::io(&spm_path, e))?;
         let sp = SpModel::parse(&bytes).map_err(|r| tok_err(&spm_path, r))?;
         let vocab_size = opts.n_vocab.or(config_vocab).unwrap_or(sp.pieces.len());
-        let (tokens, scores, types) = spm_vocab(&sp, vocab_size, dir, tokenizer_config.as_ref())?;
+        let (tokens, scores, types) = if opts.phi3 {
+            phi3_vocab(
+                &sp,
+                vocab_size,
+                tokenizer_config.as_ref(),
+                tokenizer_json.as_ref(),
+            )
+        } else {
+            spm_vocab(&sp, vocab_size, dir, tokenizer_config.as_ref())?
+        };
         n_tokens = tokens.len();
         kvs.push((
             "tokenizer.ggml.model".into(),
@@ -474,6 +495,77 @@ fn spm_vocab(
         }
     }
     Ok((tokens, scores, types))
+}
+
+/// Phi-3's variant of the SentencePiece vocabulary: added tokens (added_tokens.json is not
+/// read) from tokenizer_config.json's `added_tokens_decoder`, then tokenizer.json's
+/// `added_tokens`, each USER_DEFINED (CONTROL if `special`) with score -1000.
+fn phi3_vocab(
+    sp: &SpModel,
+    vocab_size: usize,
+    tokenizer_config: Option<&Value>,
+    tokenizer_json: Option<&Value>,
+) -> SpmVocab {
+    let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
+    let mut scores = vec![-10000.0f32; vocab_size];
+    let mut types = vec![token_type::UNUSED; vocab_size];
+    for (id, p) in sp.pieces.iter().enumerate().take(vocab_size) {
+        tokens[id] = p.piece.clone();
+        scores[id] = p.score;
+        types[id] = match p.kind {
+            2 => token_type::UNKNOWN,
+            3 => token_type::CONTROL,
+            5 => token_type::UNUSED,
+            6 => token_type::BYTE,
+            _ => token_type::NORMAL,
+        };
+    }
+    let mut overlay = |id: usize, content: &str, special: bool| {
+        if id < vocab_size {
+            tokens[id] = content.to_string();
+            scores[id] = -1000.0;
+            types[id] = if special {
+                token_type::CONTROL
+            } else {
+                token_type::USER_DEFINED
+            };
+        }
+    };
+    if let Some(dec) = tokenizer_config
+        .and_then(|c| c.get("added_tokens_decoder"))
+        .and_then(Value::as_object)
+    {
+        for (id, d) in dec {
+            if let (Ok(id), Some(c)) = (
+                id.parse::<usize>(),
+                d.get("content").and_then(Value::as_str),
+            ) {
+                overlay(
+                    id,
+                    c,
+                    d.get("special").and_then(Value::as_bool).unwrap_or(false),
+                );
+            }
+        }
+    }
+    for a in tokenizer_json
+        .and_then(|t| t.get("added_tokens"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(id), Some(c)) = (
+            a.get("id").and_then(Value::as_u64),
+            a.get("content").and_then(Value::as_str),
+        ) {
+            overlay(
+                id as usize,
+                c,
+                a.get("special").and_then(Value::as_bool).unwrap_or(false),
+            );
+        }
+    }
+    (tokens, scores, types)
 }
 
 fn bpe_vocab(
