@@ -801,3 +801,100 @@ fn other_architectures_plan_by_the_spec() {
     assert_eq!(p.generated_values("rope_freqs.weight").unwrap().len(), 32);
     assert!(p.get("llama.rope.scaling.type").is_none());
 }
+
+/// The SentencePiece path without `added_tokens_decoder` (reference:
+/// `models.gguf-mistral-spm.converter_without_added_tokens_decoder` in the manifest) and with
+/// the vocabulary padded to 516 ids (fixture README).
+#[test]
+fn spm_variants_match_reference() {
+    use merge_core::gguf::tokenizer::{SpModel, TokenizerOptions, tokenizer_metadata};
+    let man = manifest();
+    let src = fixtures().join("gguf-mistral-spm");
+    let sp = SpModel::parse(&std::fs::read(src.join("tokenizer.model")).unwrap()).unwrap();
+    // trainer/normalizer facts from the fixture README
+    assert_eq!(sp.pieces.len(), 512);
+    assert_eq!(sp.model_type, Some(2));
+    assert!(sp.byte_fallback);
+    assert!(sp.add_dummy_prefix);
+    assert!(!sp.remove_extra_whitespaces);
+    assert_eq!(sp.pieces[3].piece, "<0x00>");
+    assert_eq!(sp.pieces[3].kind, 6);
+
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "tokenizer.model",
+        "tokenizer.json",
+        "special_tokens_map.json",
+        "config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut tc: Value =
+        serde_json::from_slice(&std::fs::read(src.join("tokenizer_config.json")).unwrap()).unwrap();
+    tc.as_object_mut().unwrap().remove("added_tokens_decoder");
+    std::fs::write(dir.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    let md = tokenizer_metadata(dir.path(), &config, &TokenizerOptions::default()).unwrap();
+    let want = man["models"]["gguf-mistral-spm"]["converter_without_added_tokens_decoder"]
+        ["array_payload_sha256"]
+        .as_object()
+        .unwrap();
+    for (key, sha) in want {
+        let v = &md.kvs.iter().find(|(k, _)| k == key).unwrap().1;
+        assert_eq!(
+            hex(&v.array_payload().unwrap()),
+            sha.as_str().unwrap(),
+            "{key}"
+        );
+    }
+
+    let md = tokenizer_metadata(
+        &src,
+        &config,
+        &TokenizerOptions {
+            n_vocab: Some(516),
+            ..TokenizerOptions::default()
+        },
+    )
+    .unwrap();
+    let get = |k: &str| {
+        md.kvs
+            .iter()
+            .find(|(kk, _)| kk == k)
+            .unwrap()
+            .1
+            .as_array()
+            .unwrap()
+            .to_vec()
+    };
+    let (tokens, types, scores) = (
+        get("tokenizer.ggml.tokens"),
+        get("tokenizer.ggml.token_type"),
+        get("tokenizer.ggml.scores"),
+    );
+    assert_eq!(tokens.len(), 516);
+    let tail: Vec<(String, u64, f32)> = (510..516)
+        .map(|i| {
+            let GgufValue::F32(s) = scores[i] else {
+                panic!()
+            };
+            (
+                tokens[i].as_str().unwrap().to_string(),
+                types[i].as_u64().unwrap(),
+                s,
+            )
+        })
+        .collect();
+    assert_eq!(
+        tail,
+        vec![
+            ("ç".to_string(), 1, -251.0),
+            ("Z".to_string(), 1, -252.0),
+            ("[PAD512]".to_string(), 5, -10000.0),
+            ("[PAD513]".to_string(), 5, -10000.0),
+            ("[PAD514]".to_string(), 5, -10000.0),
+            ("[PAD515]".to_string(), 5, -10000.0),
+        ]
+    );
+}

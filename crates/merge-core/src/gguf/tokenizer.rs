@@ -972,3 +972,255 @@ impl SpecialVocab {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7F) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    /// A ModelProto built by hand from the protobuf wire format.
+    fn model_proto() -> Vec<u8> {
+        let mut out = Vec::new();
+        for (piece, score, kind) in [("<unk>", 0.0f32, 2u64), ("▁a", -1.5, 1), ("<0x0A>", 0.0, 6)]
+        {
+            let mut p = Vec::new();
+            p.push(0x0A);
+            varint(piece.len() as u64, &mut p);
+            p.extend_from_slice(piece.as_bytes());
+            p.push(0x15);
+            p.extend_from_slice(&score.to_le_bytes());
+            p.push(0x18);
+            varint(kind, &mut p);
+            out.push(0x0A);
+            varint(p.len() as u64, &mut out);
+            out.extend_from_slice(&p);
+        }
+        // trainer_spec { model_type: BPE (field 3), byte_fallback: true (field 35) }
+        let t = [0x18, 0x02, 0x98, 0x02, 0x01];
+        out.push(0x12);
+        varint(t.len() as u64, &mut out);
+        out.extend_from_slice(&t);
+        // normalizer_spec { add_dummy_prefix: false (field 3) }
+        let n = [0x18, 0x00];
+        out.push(0x1A);
+        varint(n.len() as u64, &mut out);
+        out.extend_from_slice(&n);
+        out
+    }
+
+    #[test]
+    fn protobuf_model_parses() {
+        let m = SpModel::parse(&model_proto()).unwrap();
+        assert_eq!(m.pieces.len(), 3);
+        assert_eq!(m.pieces[1].piece, "▁a");
+        assert_eq!(m.pieces[1].score, -1.5);
+        assert_eq!(m.pieces[0].kind, 2);
+        assert_eq!(m.pieces[2].kind, 6);
+        assert_eq!(m.model_type, Some(2));
+        assert!(m.byte_fallback);
+        assert!(!m.add_dummy_prefix);
+        assert!(m.remove_extra_whitespaces);
+    }
+
+    #[test]
+    fn protobuf_garbage_is_an_error_not_a_panic() {
+        let good = model_proto();
+        for cut in 0..good.len() {
+            let _ = SpModel::parse(&good[..cut]);
+        }
+        assert!(SpModel::parse(&good[..good.len() - 1]).is_err());
+        assert!(SpModel::parse(b"").is_err());
+        assert!(SpModel::parse(&[0x0B]).is_err()); // wire type 3 (group)
+        assert!(
+            SpModel::parse(&[
+                0x0A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01
+            ])
+            .is_err()
+        );
+        let mut state = 7u64;
+        for _ in 0..300 {
+            let b: Vec<u8> = (0..64)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (state >> 56) as u8
+                })
+                .collect();
+            let _ = SpModel::parse(&b);
+        }
+    }
+
+    fn bpe_dir(tj: Value, tc: Option<Value>) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("tokenizer.json"), tj.to_string()).unwrap();
+        if let Some(tc) = tc {
+            std::fs::write(d.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
+        }
+        d
+    }
+
+    fn get<'a>(md: &'a TokenizerMetadata, k: &str) -> Option<&'a GgufValue> {
+        md.kvs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn bpe_vocab_types_padding_and_merges() {
+        let tj = json!({
+            "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "a b": 2, "ab": 3},
+                      "merges": [["a", "b"], ["a b", "c"]]},
+            "added_tokens": [
+                {"id": 4, "content": "<|im_end|>", "special": false},
+                {"id": 5, "content": "▁hello", "special": false},
+                {"id": 6, "content": "<eos>", "special": true}
+            ],
+            "post_processor": {"type": "RobertaProcessing", "sep": ["<eos>", 6], "cls": ["<eos>", 6]}
+        });
+        let tc = json!({"eos_token": {"content": "<eos>"}, "chat_template": [
+            {"name": "default", "template": "D"}, {"name": "tool use", "template": "T"}]});
+        let d = bpe_dir(tj, Some(tc));
+        let md = tokenizer_metadata(
+            d.path(),
+            &json!({"vocab_size": 9, "eos_token_id": 1}),
+            &TokenizerOptions {
+                pre_override: Some("gpt-2".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(md.n_tokens, 9);
+        let tokens = get(&md, "tokenizer.ggml.tokens")
+            .unwrap()
+            .as_array()
+            .unwrap();
+        let names: Vec<&str> = tokens.iter().map(|t| t.as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "a",
+                "b",
+                "a b",
+                "ab",
+                "<|im_end|>",
+                " hello",
+                "<eos>",
+                "[PAD7]",
+                "[PAD8]"
+            ]
+        );
+        let types: Vec<u64> = get(&md, "tokenizer.ggml.token_type")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect();
+        assert_eq!(types, vec![1, 1, 1, 1, 3, 4, 3, 5, 5]);
+        let merges = get(&md, "tokenizer.ggml.merges")
+            .unwrap()
+            .as_array()
+            .unwrap();
+        assert_eq!(merges[0].as_str(), Some("a b"));
+        assert_eq!(merges[1].as_str(), Some("a\u{120}b c"));
+        // tokenizer_config's eos wins over config.json's; Roberta adds bos/eos/sep
+        assert_eq!(
+            get(&md, "tokenizer.ggml.eos_token_id"),
+            Some(&GgufValue::U32(6))
+        );
+        assert_eq!(
+            get(&md, "tokenizer.ggml.add_sep_token"),
+            Some(&GgufValue::Bool(true))
+        );
+        assert_eq!(
+            get(&md, "tokenizer.chat_template"),
+            Some(&GgufValue::String("D".into()))
+        );
+        assert_eq!(
+            get(&md, "tokenizer.chat_template.tool_use"),
+            Some(&GgufValue::String("T".into()))
+        );
+        assert_eq!(
+            get(&md, "tokenizer.chat_templates"),
+            Some(&GgufValue::string_array(["tool_use"]))
+        );
+    }
+
+    #[test]
+    fn template_eos_becomes_eos_and_old_eos_eot() {
+        // Llama-3-Instruct style: the post-processor appends a token other than the configured
+        // EOS; gguf-py makes it the EOS and keeps the configured one as EOT.
+        let tj = json!({
+            "model": {"type": "BPE", "vocab": {"x": 0}, "merges": []},
+            "added_tokens": [{"id": 1, "content": "<bos>", "special": true},
+                             {"id": 2, "content": "<eot>", "special": true},
+                             {"id": 3, "content": "<end>", "special": true}],
+            "post_processor": {"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<bos>"}}, {"Sequence": {"id": "A"}}, {"SpecialToken": {"id": "<end>"}}],
+                "special_tokens": {}}
+        });
+        let tc = json!({"bos_token": "<bos>", "eos_token": "<eot>"});
+        let d = bpe_dir(tj, Some(tc));
+        let md = tokenizer_metadata(
+            d.path(),
+            &json!({}),
+            &TokenizerOptions {
+                pre_override: Some("llama-bpe".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            get(&md, "tokenizer.ggml.eos_token_id"),
+            Some(&GgufValue::U32(3))
+        );
+        assert_eq!(
+            get(&md, "tokenizer.ggml.eot_token_id"),
+            Some(&GgufValue::U32(2))
+        );
+        assert_eq!(
+            get(&md, "tokenizer.ggml.add_bos_token"),
+            Some(&GgufValue::Bool(true))
+        );
+        assert_eq!(
+            get(&md, "tokenizer.ggml.add_eos_token"),
+            Some(&GgufValue::Bool(true))
+        );
+        assert!(get(&md, "tokenizer.ggml.merges").is_none());
+    }
+
+    #[test]
+    fn unsupported_tokenizers_are_clear_errors() {
+        let d = bpe_dir(json!({"model": {"type": "Unigram", "vocab": []}}), None);
+        let e = tokenizer_metadata(d.path(), &json!({}), &TokenizerOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Unigram"), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        let e = tokenizer_metadata(empty.path(), &json!({}), &TokenizerOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no tokenizer.model or tokenizer.json"), "{e}");
+        let d = bpe_dir(json!({"model": {"type": "BPE", "vocab": {"a": 7}}}), None);
+        let e = tokenizer_metadata(
+            d.path(),
+            &json!({"vocab_size": 4}),
+            &TokenizerOptions {
+                pre_override: Some("gpt-2".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("does not fit"), "{e}");
+    }
+}
