@@ -408,7 +408,7 @@ fn pretokenizer_check_text_ids_match_hf_tokenizers() {
     // the fixture tokenizer is not in llama.cpp's table: a clear error naming --pre
     let tj: Value =
         serde_json::from_slice(&std::fs::read(dir.join("gpt2.tokenizer.json")).unwrap()).unwrap();
-    let e = merge_core::gguf::pretok::recognise(&tj, &[])
+    let e = merge_core::gguf::pretok::recognise(&tj)
         .unwrap_err()
         .to_string();
     assert!(e.contains("--pre") && e.contains("428b276b"), "{e}");

@@ -1,5 +1,11 @@
-//! GGUF export: ggml tensor types and block quantizers ([`quant`]), the container writer and
-//! reader, llama.cpp's per-tensor type mixtures, HF→GGUF names and metadata.
+//! GGUF export: everything between a Hugging Face model folder and a llama.cpp GGUF file.
+//!
+//! * [`types`]: ggml tensor types; [`quant`]: ggml's reference block quantizers;
+//! * [`file`]: the GGUF v3 container (planned streaming writer, validating reader);
+//! * [`mixture`]: llama.cpp file types (Q4_K_M, ...) and the per-tensor type rules;
+//! * [`arch`]: per-architecture names, metadata and tensor transforms;
+//! * [`tokenizer`] and [`pretok`]: `tokenizer.*` metadata;
+//! * [`convert`]: the conversion plan and [`convert::convert_folder`].
 
 pub mod arch;
 pub mod convert;

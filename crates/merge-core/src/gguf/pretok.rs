@@ -307,7 +307,7 @@ pub const KNOWN: &[(&str, &str)] = &[
 ];
 
 /// Recognises the pre-tokenizer of `tokenizer_json`, or explains why it cannot.
-pub fn recognise(tokenizer_json: &Value, _tokens: &[String]) -> GgufResult<String> {
+pub fn recognise(tokenizer_json: &Value) -> GgufResult<String> {
     let digest =
         check_digest(tokenizer_json).map_err(|reason| GgufError::UnknownPreTokenizer { reason })?;
     KNOWN

@@ -359,7 +359,7 @@ pub fn tokenizer_metadata(
         let (tokens, types) = bpe_vocab(tj, &tj_path, vocab_size)?;
         let pre = match &opts.pre_override {
             Some(p) => p.clone(),
-            None => super::pretok::recognise(tj, &tokens)?,
+            None => super::pretok::recognise(tj)?,
         };
         n_tokens = tokens.len();
         kvs.push((
@@ -382,7 +382,8 @@ pub fn tokenizer_metadata(
         tokenizer_config.as_ref(),
         config,
         dir,
-        n_tokens,
+        // gguf-py range-checks special ids only on the SentencePiece path.
+        if use_spm { n_tokens } else { usize::MAX },
     )?;
     if let Some(m) = merges
         && !m.is_empty()
