@@ -75,7 +75,11 @@ pub fn run(
 ) -> Result<MergeReport> {
     let start = Instant::now();
     let plan = plan(recipe, &opts.plan)?;
-    let inputs: Vec<PathBuf> = plan.models.iter().map(|m| m.path.clone()).collect();
+    let inputs: Vec<PathBuf> = plan
+        .models
+        .iter()
+        .flat_map(|m| std::iter::once(m.path.clone()).chain(m.lora_path.clone()))
+        .collect();
     let dir = OutputDir::prepare(out, opts.force, &inputs)?;
     let writer = SafetensorsWriter::create(&plan, dir.path())?;
     exec::execute(
