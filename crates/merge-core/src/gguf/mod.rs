@@ -1,7 +1,7 @@
 //! GGUF export: everything between a Hugging Face model folder and a llama.cpp GGUF file.
 //!
 //! * [`types`]: ggml tensor types; [`quant`]: ggml's reference block quantizers;
-//! * [`file`]: the GGUF v3 container (planned streaming writer, validating reader);
+//! * [`file`](mod@file): the GGUF v3 container (planned streaming writer, validating reader);
 //! * [`mixture`]: llama.cpp file types (Q4_K_M, ...) and the per-tensor type rules;
 //! * [`arch`]: per-architecture names, metadata and tensor transforms;
 //! * [`tokenizer`] and [`pretok`]: `tokenizer.*` metadata;
