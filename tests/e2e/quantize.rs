@@ -1,14 +1,14 @@
-//! `smelt quantize` on the tiny SentencePiece fixture model.
+//! `smelt quantize`: HF folder → GGUF on the tiny SentencePiece fixture model.
 
-use std::path::Path;
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+use crate::util;
+
 #[test]
 fn quantize_writes_a_gguf_and_refuses_to_overwrite() {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/gguf/model/gguf-mistral-spm");
+    let model = util::fixtures().join("gguf/model/gguf-mistral-spm");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.gguf");
     let run = |extra: &[&str]| {
