@@ -7,5 +7,6 @@ mod determinism;
 mod errors;
 mod inputs;
 mod parity;
+mod quantize;
 mod recipes;
 mod util;

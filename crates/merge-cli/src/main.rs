@@ -35,6 +35,9 @@ enum Command {
     /// Check that a merged folder still matches its smelt.lock (and, with --inputs, that the
     /// input models are the ones that were locked). Names every file that differs.
     Verify(VerifyArgs),
+    /// Convert a Hugging Face model folder to a GGUF file for llama.cpp, ollama and LM Studio
+    /// (F32/F16/BF16 or a llama.cpp quantization such as Q4_K_M).
+    Quantize(QuantizeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -47,6 +50,28 @@ struct VerifyArgs {
     /// Hash inputs again even where the digest cache knows them.
     #[arg(long)]
     rehash: bool,
+}
+
+#[derive(Args, Debug)]
+struct QuantizeArgs {
+    /// The Hugging Face model folder (config.json, safetensors, tokenizer files).
+    model: PathBuf,
+    /// The GGUF file to write.
+    out: PathBuf,
+    /// llama.cpp file type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S,
+    /// Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K (case-insensitive).
+    #[arg(long = "type", short = 't', default_value = "Q4_K_M")]
+    ftype: String,
+    /// llama.cpp pre-tokenizer name for a byte-level BPE tokenizer smelt does not recognise
+    /// (tokenizer.ggml.pre, e.g. llama-bpe, qwen2, gpt-2).
+    #[arg(long)]
+    pre: Option<String>,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j', env = "SMELT_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Replace an existing output file.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -319,6 +344,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(a) => verify(&a),
         Command::Inspect(a) => {
             inspect::inspect(&a.path)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quantize(a) => {
+            let ftype = merge_core::gguf::FileType::parse(&a.ftype)?;
+            if a.out.exists() && !a.force {
+                anyhow::bail!(
+                    "{} already exists (pass --force to replace it)",
+                    a.out.display()
+                );
+            }
+            let t0 = std::time::Instant::now();
+            let r = merge_core::gguf::convert::convert_folder(
+                &a.model,
+                &a.out,
+                ftype,
+                a.pre.as_deref(),
+                a.threads,
+            )
+            .with_context(|| format!("converting {} to GGUF", a.model.display()))?;
+            eprintln!(
+                "wrote {} ({} {}, {} tensors, {}, pre-tokenizer {}) in {:.1}s",
+                a.out.display(),
+                r.arch.name(),
+                r.ftype,
+                r.tensors,
+                progress::human(r.bytes),
+                if r.pre.is_empty() { "-" } else { &r.pre },
+                t0.elapsed().as_secs_f64()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
