@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{GgufError, GgufResult};
 use super::types::GgmlType;
@@ -534,7 +534,7 @@ pub struct GgufWriter {
     file: File,
     tmp_path: PathBuf,
     final_path: PathBuf,
-    written: Vec<AtomicBool>,
+    written: Vec<AtomicU64>,
     finished: bool,
 }
 
@@ -564,11 +564,7 @@ impl GgufWriter {
         if let Err(e) = file.write_all(&layout.header) {
             return Err(cleanup(e, &tmp_path));
         }
-        let written = layout
-            .tensors
-            .iter()
-            .map(|_| AtomicBool::new(false))
-            .collect();
+        let written = layout.tensors.iter().map(|_| AtomicU64::new(0)).collect();
         Ok(GgufWriter {
             layout,
             file,
@@ -604,7 +600,30 @@ impl GgufWriter {
         }
         let offset = self.layout.data_start + info.offset;
         write_at(&self.file, data, offset).map_err(|e| GgufError::io(&self.tmp_path, e))?;
-        self.written[index].store(true, Ordering::Release);
+        self.written[index].store(info.n_bytes(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes part of tensor `index`'s data at `byte_offset` within it (for streaming rows in
+    /// any order; the parts must not overlap, and together cover the tensor).
+    pub fn write_part(&self, index: usize, byte_offset: u64, data: &[u8]) -> GgufResult<()> {
+        let info =
+            self.layout.tensors.get(index).ok_or_else(|| {
+                GgufError::Invalid(format!("tensor index {index} is out of range"))
+            })?;
+        if byte_offset + data.len() as u64 > info.n_bytes() {
+            return Err(GgufError::tensor(
+                &info.name,
+                format!(
+                    "{} bytes at {byte_offset} overrun the tensor's {} bytes",
+                    data.len(),
+                    info.n_bytes()
+                ),
+            ));
+        }
+        let offset = self.layout.data_start + info.offset + byte_offset;
+        write_at(&self.file, data, offset).map_err(|e| GgufError::io(&self.tmp_path, e))?;
+        self.written[index].fetch_add(data.len() as u64, Ordering::AcqRel);
         Ok(())
     }
 
@@ -619,7 +638,12 @@ impl GgufWriter {
 
     /// Checks every tensor was written, fsyncs, and renames the file into place.
     pub fn finish(mut self) -> GgufResult<()> {
-        if let Some(i) = self.written.iter().position(|w| !w.load(Ordering::Acquire)) {
+        if let Some(i) = self
+            .written
+            .iter()
+            .zip(&self.layout.tensors)
+            .position(|(w, t)| w.load(Ordering::Acquire) != t.n_bytes())
+        {
             return Err(GgufError::tensor(
                 &self.layout.tensors[i].name,
                 "no data was written for this tensor",

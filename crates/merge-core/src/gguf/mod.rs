@@ -14,6 +14,7 @@ pub mod file;
 pub mod mixture;
 pub mod pretok;
 pub mod quant;
+pub mod sink;
 pub mod tokenizer;
 pub mod types;
 
