@@ -1,0 +1,265 @@
+//! Small numeric helpers shared by the geometric merge methods (SLERP family, Karcher mean,
+//! Model Stock, Arcee Fusion): deterministic reductions over `f32` data in `f64`, parallel
+//! element-wise fills, scalar maths rounded like a PyTorch 0-dim tensor of the math dtype, and
+//! "lines" (the 1-D vectors of a tensor along one axis).
+//!
+//! Reductions: mergekit's `torch.norm`/`torch.dot`/`np.sum` accumulate in `f32` in an order
+//! set by BLAS or by vectorised kernels, which cannot be reproduced bit for bit. These helpers
+//! accumulate in `f64` over the fixed chunks of [`super::det_sum`] (so the result does not
+//! depend on the thread count) and the callers round the result once to `f32` and then to the
+//! math dtype ([`reduced`]), which is what a PyTorch reduction returns up to the last bit.
+
+use super::det_sum;
+use crate::dtype::DType;
+use rayon::prelude::*;
+
+/// Elements per parallel work item of [`fill`].
+const FILL_CHUNK: usize = 1 << 14;
+
+/// `Σ f(i)` over `0..n`, accumulated in `f64` with a fixed chunking (deterministic).
+pub fn sum_by(n: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
+    det_sum(n, |r| r.map(&f).sum())
+}
+
+/// The dot product `Σ aᵢ·bᵢ` in `f64` (deterministic).
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
+    sum_by(a.len(), |i| a[i] as f64 * b[i] as f64)
+}
+
+/// The squared L2 norm `Σ aᵢ²` in `f64` (deterministic).
+pub fn sum_sq(a: &[f32]) -> f64 {
+    sum_by(a.len(), |i| {
+        let x = a[i] as f64;
+        x * x
+    })
+}
+
+/// The L2 norm of `a` in `f64` (deterministic).
+pub fn norm(a: &[f32]) -> f64 {
+    sum_sq(a).sqrt()
+}
+
+/// A reduction's result as PyTorch returns it for a tensor of dtype `m`: rounded to `f32`
+/// (the accumulator type) and then to `m`.
+#[inline]
+pub fn reduced(m: DType, x: f64) -> f32 {
+    m.round(x as f32)
+}
+
+/// A unary function evaluated like a PyTorch op on a value of dtype `m`: computed in `f64`
+/// from the `f32` input, rounded to `f32`, then to `m`.
+#[inline]
+pub fn unary(m: DType, x: f32, f: fn(f64) -> f64) -> f32 {
+    m.round(f(x as f64) as f32)
+}
+
+/// Sets `out[j] = f(j)` for every `j`, in parallel over fixed chunks (each element is
+/// computed independently, so the result does not depend on the thread count).
+pub fn fill(out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
+    out.par_chunks_mut(FILL_CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let start = c * FILL_CHUNK;
+            for (k, o) in chunk.iter_mut().enumerate() {
+                *o = f(start + k);
+            }
+        });
+}
+
+/// The 1-D vectors ("lines") of a tensor along one axis: `count` vectors of `len` elements;
+/// element `i` of vector `k` sits at flat index [`Lines::index`]`(k, i)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lines {
+    /// Number of vectors.
+    pub count: usize,
+    /// Elements per vector.
+    pub len: usize,
+    /// Distance between consecutive elements of one vector.
+    stride: usize,
+    /// Distance between the starts of consecutive vectors.
+    step: usize,
+}
+
+impl Lines {
+    /// The whole tensor as one vector.
+    pub fn flat(numel: usize) -> Self {
+        Lines {
+            count: 1,
+            len: numel,
+            stride: 1,
+            step: numel,
+        }
+    }
+
+    /// The last-axis vectors (rows) of a tensor of `shape`; a 0-D or 1-D tensor is one row.
+    pub fn last_axis(shape: &[usize]) -> Self {
+        let numel: usize = shape.iter().product();
+        let len = shape.last().copied().unwrap_or(1);
+        if len == 0 {
+            return Lines {
+                count: 0,
+                len: 0,
+                stride: 1,
+                step: 0,
+            };
+        }
+        Lines {
+            count: numel / len,
+            len,
+            stride: 1,
+            step: len,
+        }
+    }
+
+    /// The first-axis vectors of a tensor of `shape` (for a 2-D tensor, its columns);
+    /// a 0-D or 1-D tensor is one vector.
+    pub fn first_axis(shape: &[usize]) -> Self {
+        let numel: usize = shape.iter().product();
+        if shape.len() < 2 {
+            return Lines::flat(numel);
+        }
+        let len = shape[0];
+        let count = numel.checked_div(len).unwrap_or(0);
+        Lines {
+            count,
+            len,
+            stride: count,
+            step: 1,
+        }
+    }
+
+    /// Flat index of element `i` of vector `k`.
+    #[inline]
+    pub fn index(&self, k: usize, i: usize) -> usize {
+        k * self.step + i * self.stride
+    }
+
+    /// The vector that flat index `j` belongs to.
+    #[inline]
+    pub fn line_of(&self, j: usize) -> usize {
+        if self.stride == 1 {
+            j / self.len
+        } else {
+            j % self.stride
+        }
+    }
+
+    /// `Σ f(flat index)` over vector `k`, in `f64`: the whole-tensor case ([`Lines::flat`])
+    /// uses the deterministic parallel [`sum_by`], a short vector a sequential loop.
+    pub fn sum(&self, k: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
+        if self.count == 1 && self.stride == 1 {
+            let start = self.index(k, 0);
+            sum_by(self.len, |i| f(start + i))
+        } else {
+            (0..self.len).map(|i| f(self.index(k, i))).sum()
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Test helper: runs a method on inputs of a given shape.
+    use super::super::{Input, MergeCtx, MergeMethod, ParamValues};
+    use crate::dtype::DType;
+
+    /// Runs `method` on whole tensors of `shape` given as `(values, is_base, params)`.
+    pub fn run_shaped(
+        method: &dyn MergeMethod,
+        inputs: &[(&[f32], bool, ParamValues)],
+        shape: &[usize],
+        global: ParamValues,
+        math: DType,
+    ) -> Result<Vec<f32>, String> {
+        let n: usize = shape.iter().product();
+        let ins: Vec<Input> = inputs
+            .iter()
+            .enumerate()
+            .map(|(k, (d, b, p))| Input {
+                data: d,
+                is_base: *b,
+                params: p,
+                model: ["m0", "m1", "m2", "m3", "m4"][k.min(4)],
+            })
+            .collect();
+        let ctx = MergeCtx {
+            tensor: "model.layers.0.mlp.up_proj.weight",
+            shape,
+            offset: 0,
+            inputs: &ins,
+            global: &global,
+            math,
+            seed: 42,
+            is_embed: false,
+        };
+        let mut out = vec![0.0; n];
+        method.merge(&ctx, &mut out)?;
+        Ok(out)
+    }
+
+    /// Asserts that `got` and `want` agree to `tol` (absolute) element by element.
+    pub fn assert_close(got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() <= tol,
+                "element {i}: got {g}, want {w} (tol {tol})"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reductions_are_exact_on_small_integers() {
+        let a = [1.0f32, 2.0, 3.0];
+        let b = [4.0f32, -5.0, 6.0];
+        assert_eq!(dot(&a, &b), 12.0);
+        assert_eq!(sum_sq(&a), 14.0);
+        assert_eq!(norm(&[3.0, 4.0]), 5.0);
+    }
+
+    #[test]
+    fn reduction_is_chunked_deterministically() {
+        // More than one chunk: the value must equal a chunk-ordered sum and be repeatable.
+        let n = 3 * super::super::REDUCE_CHUNK + 17;
+        let a: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) * 0.01).collect();
+        let s1 = sum_sq(&a);
+        let s2 = sum_sq(&a);
+        assert_eq!(s1.to_bits(), s2.to_bits());
+        let naive: f64 = a.iter().map(|&x| x as f64 * x as f64).sum();
+        assert!((s1 - naive).abs() < 1e-9 * naive);
+    }
+
+    #[test]
+    fn lines_index_rows_and_columns() {
+        let rows = Lines::last_axis(&[2, 3]);
+        assert_eq!((rows.count, rows.len), (2, 3));
+        assert_eq!(rows.index(1, 2), 5);
+        let cols = Lines::first_axis(&[2, 3]);
+        assert_eq!((cols.count, cols.len), (3, 2));
+        assert_eq!(cols.index(2, 1), 5);
+        assert_eq!(cols.index(1, 0), 1);
+        assert_eq!(cols.line_of(5), 2);
+        assert_eq!(rows.line_of(4), 1);
+        assert_eq!(Lines::flat(6).line_of(5), 0);
+        let one = Lines::last_axis(&[4]);
+        assert_eq!((one.count, one.len), (1, 4));
+        assert_eq!(Lines::first_axis(&[4]), Lines::flat(4));
+        let data = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(cols.sum(1, |j| data[j] as f64), 2.0 + 5.0);
+        assert_eq!(rows.sum(0, |j| data[j] as f64), 6.0);
+    }
+
+    #[test]
+    fn fill_and_rounding() {
+        let mut out = vec![0.0f32; 40_000];
+        fill(&mut out, |j| j as f32);
+        assert!(out.iter().enumerate().all(|(j, &v)| v == j as f32));
+        assert_eq!(reduced(DType::BF16, 0.3), 0.30078125);
+        assert_eq!(unary(DType::F32, 0.0, f64::cos), 1.0);
+    }
+}
