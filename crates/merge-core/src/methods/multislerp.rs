@@ -10,10 +10,12 @@
 //! returned unchanged.
 //!
 //! Numbers: computed in the math dtype as PyTorch does (each elementwise op rounded with
-//! `ctx.math.round`, sums over the model axis accumulated in `f32` in source order); the
+//! `ctx.math.round`, weighted sums over the model axis a fused multiply-add chain in source
+//! order, as PyTorch evaluates them); the
 //! norms and dot products over the tensor accumulate in `f64` with fixed chunks and are
 //! rounded once (PyTorch's `f32` order is not reproducible bit for bit).
 
+use super::linear::fma;
 use super::vecmath::{fill, reduced, sum_by, unary};
 use super::{BaseUse, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use rayon::prelude::*;
@@ -91,16 +93,17 @@ impl MergeMethod for MultiSlerp {
             .collect();
         let div: Vec<f32> = norms.iter().map(|&n| m.round(n + epsf)).collect();
         let unit = |i: usize, j: usize| m.round(v(i, j) / div[i]);
-        // Sum over the model axis, as PyTorch reduces a stacked tensor: f32, source order.
+        // `(values * weights).sum(0)` over the model axis: PyTorch evaluates it as a fused
+        // multiply-add chain in source order (see `linear`), rounded once to the math dtype.
         let model_sum = |f: &dyn Fn(usize) -> f32| {
             let mut acc = 0.0f32;
-            for i in 0..k {
-                acc += f(i);
+            for (i, &wi) in w.iter().enumerate() {
+                acc = fma(f(i), wi, acc);
             }
             m.round(acc)
         };
         // Weighted mean of the unit vectors (kept in `out`).
-        fill(out, |j| model_sum(&|i| m.round(unit(i, j) * w[i])));
+        fill(out, |j| model_sum(&|i| unit(i, j)));
         let mean_norm = reduced(m, norm_of(out));
         if (mean_norm as f64) < eps {
             if k == 2 {
@@ -127,15 +130,12 @@ impl MergeMethod for MultiSlerp {
             .collect();
         let mut tangent = vec![0.0f32; len];
         fill(&mut tangent, |j| {
-            model_sum(&|i| {
-                let tau = m.round(unit(i, j) - m.round(dots[i] * mean[j]));
-                m.round(tau * w[i])
-            })
+            model_sum(&|i| m.round(unit(i, j) - m.round(dots[i] * mean[j])))
         });
         let r = m.round(reduced(m, norm_of(&tangent)) + epsf);
         let cos_r = unary(m, r, f64::cos);
         let sin_over_r = m.round(unary(m, r, f64::sin) / r);
-        let avg_norm = model_sum(&|i| m.round(norms[i] * w[i]));
+        let avg_norm = model_sum(&|i| norms[i]);
         out.par_iter_mut()
             .zip(&tangent)
             .enumerate()

@@ -10,8 +10,11 @@
 //! back to the base tensor's dtype).
 //!
 //! Reductions (the two norms and `d`) accumulate in `f64` with fixed chunks and are rounded
-//! to `f32` once; NumPy's BLAS/pairwise `f32` order cannot be reproduced bit for bit, so the
-//! coefficients may differ from mergekit's in the last bit of `f32`.
+//! to `f32` once. mergekit's norms come from BLAS `sdot` (kernel chosen at run time by the
+//! machine's OpenBLAS), which cannot be reproduced: with `θ` small, `acos` amplifies a few
+//! ulps of `d` into a few ulps of `s₀`, `s₁`, so float32 outputs differ from mergekit's in the
+//! last bit of many elements (parity fixture `slerp_t`: max abs error 2.4e-7; the final
+//! `s₀·a + s₁·b` itself is mergekit's exact f32 expression).
 //!
 //! # Divergence from mergekit
 //!
