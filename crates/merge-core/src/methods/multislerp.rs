@@ -58,6 +58,9 @@ impl MergeMethod for MultiSlerp {
             }
             _ => {}
         }
+        if out.is_empty() {
+            return Ok(());
+        }
         let m = ctx.math;
         let k = others.len();
         let len = out.len();
@@ -252,6 +255,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("zero"), "{e}");
+    }
+
+    #[test]
+    fn empty_tensor_is_fine() {
+        let e: [f32; 0] = [];
+        let w = |x| p(&[("weight", x)]);
+        let ins = [
+            (&e[..], false, w(1.0)),
+            (&e[..], false, w(1.0)),
+            (&e[..], false, w(1.0)),
+        ];
+        assert!(
+            run(&MultiSlerp, &ins, p(&[]), DType::F32)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

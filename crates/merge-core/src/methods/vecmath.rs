@@ -255,6 +255,95 @@ mod tests {
     }
 
     #[test]
+    fn kernels_are_thread_count_independent() {
+        use super::super::testutil::p;
+        use super::super::{
+            MergeMethod, ParamValues, arcee_fusion, karcher, model_stock, multislerp, nuslerp,
+            slerp,
+        };
+        use super::testutil::run_shaped;
+        // Several reduction chunks, and pseudo-random data (an LCG, not our own output).
+        let n = 3 * super::super::REDUCE_CHUNK + 1234;
+        let lcg = |seed: u64| -> Vec<f32> {
+            let mut s = seed;
+            (0..n)
+                .map(|_| {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((s >> 40) as f32 / 16_777_216.0) - 0.5
+                })
+                .collect()
+        };
+        let (b, x, y) = (lcg(1), lcg(2), lcg(3));
+        let w = |v| p(&[("weight", v)]);
+        type Case<'a> = (
+            &'a dyn MergeMethod,
+            Vec<(&'a [f32], bool, ParamValues)>,
+            ParamValues,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                &slerp::Slerp,
+                vec![(&b, true, p(&[])), (&x, false, p(&[]))],
+                p(&[("t", 0.3)]),
+            ),
+            (
+                &nuslerp::NuSlerp,
+                vec![(&x, false, w(0.4)), (&y, false, w(0.6)), (&b, true, p(&[]))],
+                p(&[]),
+            ),
+            (
+                &multislerp::MultiSlerp,
+                vec![
+                    (&x, false, w(0.2)),
+                    (&y, false, w(0.3)),
+                    (&b, false, w(0.5)),
+                ],
+                p(&[]),
+            ),
+            (
+                &karcher::Karcher,
+                vec![
+                    (&x, false, p(&[])),
+                    (&y, false, p(&[])),
+                    (&b, false, p(&[])),
+                ],
+                p(&[]),
+            ),
+            (
+                &model_stock::ModelStock,
+                vec![(&b, true, p(&[])), (&x, false, p(&[])), (&y, false, p(&[]))],
+                p(&[]),
+            ),
+            (
+                &arcee_fusion::ArceeFusion,
+                vec![(&b, true, p(&[])), (&x, false, p(&[]))],
+                p(&[]),
+            ),
+        ];
+        let shape = [n];
+        for (method, ins, g) in cases {
+            let on = |threads| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| run_shaped(method, &ins, &shape, g.clone(), DType::F32))
+                    .unwrap()
+            };
+            let (one, three) = (on(1), on(3));
+            let name = method.info().name;
+            assert!(
+                one.iter()
+                    .zip(&three)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name} depends on the thread count"
+            );
+        }
+    }
+
+    #[test]
     fn fill_and_rounding() {
         let mut out = vec![0.0f32; 40_000];
         fill(&mut out, |j| j as f32);
