@@ -134,6 +134,11 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
                 break;
             }
             let held = budget.acquire(tensor_cost(plan, t, threads));
+            for s in &t.sources {
+                plan.models[s.model]
+                    .checkpoint
+                    .prefetch(plan.source_info(s));
+            }
             let (budget, failed, first_error, done, bytes_done) =
                 (&budget, &failed, &first_error, &done, &bytes_done);
             scope.spawn(move |_| {

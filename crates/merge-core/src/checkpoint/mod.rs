@@ -164,6 +164,35 @@ impl Checkpoint {
         &self.files[t.file].map[t.range.clone()]
     }
 
+    /// Tells the kernel that the pages of `t` will be read soon.
+    pub fn prefetch(&self, t: &TensorInfo) {
+        let _ = self.files[t.file].map.advise_range(
+            memmap2::Advice::WillNeed,
+            t.range.start,
+            t.range.len(),
+        );
+    }
+
+    /// Drops this process's mapping of the pages of `t` once it has been read, so resident
+    /// memory stays bounded by the tensors in flight, not by the size of the inputs (the data
+    /// stays in the page cache; a later read faults it back in).
+    pub fn release(&self, t: &TensorInfo) {
+        if t.range.is_empty() {
+            return;
+        }
+        // SAFETY: the map is read-only and never written, so dropping its pages cannot lose
+        // data: any later access re-reads the unchanged file contents. No slice into the range
+        // is used after this call by the executor, and even if one were, it would read the same
+        // bytes again.
+        let _ = unsafe {
+            self.files[t.file].map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                t.range.start,
+                t.range.len(),
+            )
+        };
+    }
+
     /// The path of the file a tensor lives in.
     pub fn file_of(&self, t: &TensorInfo) -> &Path {
         &self.files[t.file].path
