@@ -11,8 +11,9 @@
 //! PyTorch promotes to float32: [`MethodInfo::result_dtype`] is F32 whatever the math dtype
 //! (mergekit issue #604).
 //!
-//! Numbers: elementwise steps rounded to the math dtype as PyTorch does; the softmax sums and
-//! the KL sums accumulate in `f64` and are rounded once; the three quantiles are found by
+//! Numbers: elementwise steps rounded to the math dtype as PyTorch does; the KL sums replay
+//! PyTorch's float32 reduction order ([`torch_sum`]); the softmax (whose `exp` PyTorch takes
+//! from a vectorised approximation) sums in `f64`; the three quantiles are found by
 //! selection, not a full sort. The sample of a large tensor is drawn from
 //! [`super::rng::RngKey`] (seed and tensor name), so it is reproducible at any thread count
 //! but is not the sample mergekit's `torch.randint` draws: on such tensors the threshold, and
@@ -20,7 +21,7 @@
 //! mergekit runs without `--random-seed`).
 
 use super::rng::RngKey;
-use super::vecmath::{Lines, reduced, unary};
+use super::vecmath::{Lines, torch_sum, unary};
 use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo};
 use crate::dtype::DType;
 use rayon::prelude::*;
@@ -83,12 +84,10 @@ impl MergeMethod for ArceeFusion {
                     softmax_plus_eps(m, &vals)
                 };
                 let (p, q) = (row(x), row(base));
-                let s: f64 = p
-                    .iter()
-                    .zip(&q)
-                    .map(|(&p, &q)| m.round(p * unary(m, m.round(p / q), f64::ln)) as f64)
-                    .sum();
-                reduced(m, s)
+                let s = torch_sum(p.len(), |i| {
+                    m.round(p[i] * unary(m, m.round(p[i] / q[i]), f64::ln))
+                });
+                m.round(s)
             })
             .collect();
         // Importance, kept in `out` until the mask is applied.

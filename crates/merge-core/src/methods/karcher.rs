@@ -11,11 +11,12 @@
 //! `u ← cos‖T‖·u + sin‖T‖·T/‖T‖`, renormalised. Result `(Σ αᵢnᵢ over all inputs)·u`.
 //!
 //! Numbers: elementwise steps are rounded to the math dtype as PyTorch does; the norms
-//! (`f32` in mergekit) and dot products accumulate in `f64` with fixed chunks and are rounded
-//! once (PyTorch's `f32` reduction order is not reproducible bit for bit); Python-float
-//! scalars (α, the final scale) are kept in `f64` and cast to `f32` where PyTorch casts them.
+//! (`f32` in mergekit) replay PyTorch's CPU reduction order ([`super::vecmath::torch_norm`]);
+//! the dot products, which PyTorch hands to BLAS, accumulate in `f64` with fixed chunks and
+//! are rounded once; Python-float scalars (α, the final scale) are kept in `f64` and cast to
+//! `f32` where PyTorch casts them.
 
-use super::vecmath::{norm, reduced, sum_by, unary};
+use super::vecmath::{reduced, sum_by, torch_norm, unary};
 use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use crate::dtype::DType;
 use rayon::prelude::*;
@@ -62,7 +63,7 @@ impl MergeMethod for Karcher {
         let xs: Vec<&[f32]> = ctx.inputs.iter().map(|i| i.data).collect();
         let alpha = 1.0 / n as f64;
         // Norms as mergekit takes them: an f32 norm read back as a Python float.
-        let norms: Vec<f32> = xs.iter().map(|x| reduced(DType::F32, norm(x))).collect();
+        let norms: Vec<f32> = xs.iter().map(|x| torch_norm(x.len(), |j| x[j])).collect();
         let valid: Vec<usize> = (0..n).filter(|&i| norms[i] as f64 > tol).collect();
         if valid.is_empty() {
             out.fill(0.0);
@@ -80,7 +81,7 @@ impl MergeMethod for Karcher {
             }
             *o = acc;
         });
-        let mean_norm = reduced(DType::F32, norm(out));
+        let mean_norm = torch_norm(len, |j| out[j]);
         if (mean_norm as f64) < tol {
             let first = valid[0];
             out.par_iter_mut()
@@ -109,7 +110,7 @@ impl MergeMethod for Karcher {
                     *t = m.round(*t + m.round(coef * d));
                 });
             }
-            let t_norm = reduced(DType::F32, norm(&tangent));
+            let t_norm = torch_norm(len, |j| tangent[j]);
             if (t_norm as f64) < tol {
                 break;
             }
@@ -120,7 +121,7 @@ impl MergeMethod for Karcher {
             out.par_iter_mut().zip(&tangent).for_each(|(o, &t)| {
                 *o = m.round(m.round(c * *o) + m.round(s * m.round(t / t_norm)));
             });
-            let u_norm = reduced(DType::F32, norm(out));
+            let u_norm = torch_norm(len, |j| out[j]);
             if u_norm as f64 > tol {
                 out.par_iter_mut().for_each(|o| *o = m.round(*o / u_norm));
             }

@@ -5,19 +5,24 @@
 //! whole tensor, or per last-axis row with `filter_wise` (a 1-D tensor is one row); for every
 //! pair `i < j`, `cos = (oᵢ·oⱼ)/max(‖oᵢ‖·‖oⱼ‖, 1e-6)` clamped to [−1, 1]; `c` = the mean of
 //! the pair cosines; `t = N·c/(1 + (N−1)·c)` with `N` the number of non-base models; result
-//! `t·mean(xᵢ) + (1−t)·base`. Needs the base and at least two other models; the base alone is
+//! `t·mean(xᵢ) + (1−t)·base`, except that where `|1 + (N−1)·c| < 1e-6` (no finite ratio)
+//! `t = 0` keeps the base. Needs the base and at least two other models; the base alone is
 //! returned unchanged. (mergekit omits an *optional* weight present in fewer models; that
 //! decision belongs to the planner, the kernel reports an error.)
 //!
 //! Numbers: elementwise steps rounded to the math dtype as PyTorch does; dot products and
-//! norms accumulate in `f64` (fixed chunks for the whole-tensor case) and are rounded once.
+//! norms replay PyTorch's float32 CPU reduction order ([`super::vecmath::torch_norm`],
+//! [`torch_sum`]).
 
-use super::vecmath::{Lines, fill, reduced};
+use super::vecmath::{Lines, fill, torch_sum};
 use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use rayon::prelude::*;
 
 /// The Model Stock method.
 pub struct ModelStock;
+
+/// Below this `|1 + (N−1)·c|` the ratio is undefined and the base is kept (`t = 0`).
+const SINGULAR: f64 = 1e-6;
 
 static INFO: MethodInfo = MethodInfo {
     name: "model_stock",
@@ -53,7 +58,8 @@ impl MergeMethod for ModelStock {
         }
         let m = ctx.math;
         let nm = xs.len();
-        let lines = if ctx.global.flag("filter_wise", false) {
+        let filter_wise = ctx.global.flag("filter_wise", false);
+        let lines = if filter_wise {
             Lines::last_axis(ctx.shape)
         } else {
             Lines::flat(out.len())
@@ -65,28 +71,30 @@ impl MergeMethod for ModelStock {
             .into_par_iter()
             .map(|k| {
                 let norms: Vec<f32> = (0..nm)
-                    .map(|i| {
-                        let ss = lines.sum(k, |j| {
-                            let e = off(i, j) as f64;
-                            e * e
-                        });
-                        reduced(m, ss.sqrt())
-                    })
+                    .map(|i| m.round(lines.torch_norm(k, |j| off(i, j))))
                     .collect();
-                let mut cos_sum = 0.0f64;
-                let mut pairs = 0usize;
+                let mut cos = Vec::with_capacity(nm * (nm - 1) / 2);
                 for i in 0..nm {
                     for j in i + 1..nm {
-                        let d = reduced(m, lines.sum(k, |e| off(i, e) as f64 * off(j, e) as f64));
+                        let d = m.round(lines.torch_sum(k, |e| m.round(off(i, e) * off(j, e))));
                         let denom = m.round(norms[i] * norms[j]).max(m.round(1e-6));
-                        cos_sum += m.round(d / denom).clamp(-1.0, 1.0) as f64;
-                        pairs += 1;
+                        cos.push(m.round(d / denom).clamp(-1.0, 1.0));
                     }
                 }
-                let c = reduced(m, cos_sum / pairs as f64);
-                let num = m.round(nf * c);
+                // `stack(cos).mean(0)`: a sum, then a division by the count. Over the
+                // flattened tensor that is a 1-D sum; per row, a sum over the stacked axis.
+                let sum = if filter_wise {
+                    cos.iter().fold(0.0f32, |a, &c| a + c)
+                } else {
+                    torch_sum(cos.len(), |i| cos[i])
+                };
+                let c = m.round(m.round(sum) / cos.len() as f32);
                 let den = m.round(1.0 + m.round((nf - 1.0) * c));
-                m.round(num / den)
+                if (den.abs() as f64) < SINGULAR {
+                    // mergekit keeps the base where no finite ratio exists.
+                    return 0.0;
+                }
+                m.round(m.round(nf * c) / den)
             })
             .collect();
         fill(out, |j| {
@@ -174,6 +182,23 @@ mod tests {
         .unwrap();
         let t = 0.375;
         assert_close(&r, &[t * 2.0 / 3.0, t / 3.0, t / 3.0], 1e-6);
+    }
+
+    #[test]
+    fn singular_ratio_keeps_the_base() {
+        // Two opposite offsets: c = −1, 1 + (N−1)c = 0 → t = 0 → base.
+        let r = run(
+            &ModelStock,
+            &[
+                (&[1.0, 1.0], true, p(&[])),
+                (&[2.0, 3.0], false, p(&[])),
+                (&[0.0, -1.0], false, p(&[])),
+            ],
+            p(&[]),
+            DType::F32,
+        )
+        .unwrap();
+        assert_eq!(r, vec![1.0, 1.0]);
     }
 
     #[test]

@@ -10,13 +10,11 @@
 //! returned unchanged.
 //!
 //! Numbers: computed in the math dtype as PyTorch does (each elementwise op rounded with
-//! `ctx.math.round`, weighted sums over the model axis a fused multiply-add chain in source
-//! order, as PyTorch evaluates them); the
-//! norms and dot products over the tensor accumulate in `f64` with fixed chunks and are
-//! rounded once (PyTorch's `f32` order is not reproducible bit for bit).
+//! `ctx.math.round`; the weighted products materialised, then summed over the model axis in
+//! source order); the norms and dot products over the tensor replay PyTorch's float32 CPU
+//! reduction order ([`super::vecmath::torch_norm`], [`super::vecmath::torch_sum`]).
 
-use super::linear::fma;
-use super::vecmath::{fill, reduced, sum_by, unary};
+use super::vecmath::{fill, torch_norm, torch_sum, unary};
 use super::{BaseUse, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use rayon::prelude::*;
 
@@ -76,38 +74,28 @@ impl MergeMethod for MultiSlerp {
             .map(|i| weight_of(i).map(|w| m.round(w as f32)))
             .collect::<Result<_, _>>()?;
         if ctx.global.flag("normalize_weights", true) {
-            let s = m.round(w.iter().sum::<f32>());
+            let s = m.round(torch_sum(k, |i| w[i]));
             for wi in &mut w {
                 *wi = m.round(*wi / s);
             }
         }
         // Norms and unit vectors (divisor nᵢ + eps).
         let norms: Vec<f32> = (0..k)
-            .map(|i| {
-                reduced(
-                    m,
-                    sum_by(len, |j| {
-                        let e = v(i, j) as f64;
-                        e * e
-                    })
-                    .sqrt(),
-                )
-            })
+            .map(|i| m.round(torch_norm(len, |j| v(i, j))))
             .collect();
         let div: Vec<f32> = norms.iter().map(|&n| m.round(n + epsf)).collect();
         let unit = |i: usize, j: usize| m.round(v(i, j) / div[i]);
-        // `(values * weights).sum(0)` over the model axis: PyTorch evaluates it as a fused
-        // multiply-add chain in source order (see `linear`), rounded once to the math dtype.
+        // `(values * weights).sum(0)`: products rounded, summed over the model axis in order.
         let model_sum = |f: &dyn Fn(usize) -> f32| {
             let mut acc = 0.0f32;
             for (i, &wi) in w.iter().enumerate() {
-                acc = fma(f(i), wi, acc);
+                acc += m.round(f(i) * wi);
             }
             m.round(acc)
         };
         // Weighted mean of the unit vectors (kept in `out`).
         fill(out, |j| model_sum(&|i| unit(i, j)));
-        let mean_norm = reduced(m, norm_of(out));
+        let mean_norm = m.round(torch_norm(len, |j| out[j]));
         if (mean_norm as f64) < eps {
             if k == 2 {
                 fill(out, |j| {
@@ -129,16 +117,16 @@ impl MergeMethod for MultiSlerp {
             .for_each(|o| *o = m.round(*o / mean_norm));
         let mean: &[f32] = out;
         let dots: Vec<f32> = (0..k)
-            .map(|i| reduced(m, sum_by(len, |j| m.round(unit(i, j) * mean[j]) as f64)))
+            .map(|i| m.round(torch_sum(len, |j| m.round(unit(i, j) * mean[j]))))
             .collect();
         let mut tangent = vec![0.0f32; len];
         fill(&mut tangent, |j| {
             model_sum(&|i| m.round(unit(i, j) - m.round(dots[i] * mean[j])))
         });
-        let r = m.round(reduced(m, norm_of(&tangent)) + epsf);
+        let r = m.round(m.round(torch_norm(len, |j| tangent[j])) + epsf);
         let cos_r = unary(m, r, f64::cos);
         let sin_over_r = m.round(unary(m, r, f64::sin) / r);
-        let avg_norm = model_sum(&|i| norms[i]);
+        let avg_norm = m.round(torch_sum(k, |i| m.round(norms[i] * w[i])));
         out.par_iter_mut()
             .zip(&tangent)
             .enumerate()
@@ -152,10 +140,6 @@ impl MergeMethod for MultiSlerp {
             });
         Ok(())
     }
-}
-
-fn norm_of(x: &[f32]) -> f64 {
-    super::vecmath::norm(x)
 }
 
 fn weight_of(i: &Input) -> Result<f64, String> {

@@ -10,8 +10,9 @@
 //! `(sin((1−t)θ)·v₀ + sin(tθ)·v₁)/sin θ`, or `(1−t)·v₀ + t·v₁` where `|sin θ| < 1e-8`.
 //!
 //! Numbers: computed in the math dtype as PyTorch does (each elementwise op rounded with
-//! `ctx.math.round`); the norms and the dot product accumulate in `f64` with fixed chunks and
-//! are rounded once (PyTorch's `f32` reduction order is not reproducible bit for bit).
+//! `ctx.math.round`); the norms and the dot product replay PyTorch's float32 CPU reduction
+//! order ([`super::vecmath::torch_norm`], [`super::vecmath::torch_sum`]; exact for contiguous
+//! float32 vectors, i.e. the flattened and row cases, approximate for columns and bf16/f16).
 //!
 //! # Divergence from mergekit
 //!
@@ -20,7 +21,7 @@
 //! `sin((1−t)π/2)·v₀`) instead of an interpolation. smelt lerps such a pair,
 //! `(1−t)·v₀ + t·v₁`, like `slerp` (a zero task vector then simply scales the other by `t`).
 
-use super::vecmath::{Lines, fill, reduced, unary};
+use super::vecmath::{Lines, fill, unary};
 use super::{BaseUse, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use rayon::prelude::*;
 
@@ -113,28 +114,15 @@ impl MergeMethod for NuSlerp {
                     c1: tf,
                     div: None,
                 };
-                let norm = |x: &[f32]| {
-                    reduced(
-                        m,
-                        lines
-                            .sum(k, |j| {
-                                let e = v(x, j) as f64;
-                                e * e
-                            })
-                            .sqrt(),
-                    )
-                };
+                let norm = |x: &[f32]| m.round(lines.torch_norm(k, |j| v(x, j)));
                 let (n0, n1) = (norm(x0), norm(x1));
                 if n0 < clamp || n1 < clamp {
                     // Divergence from mergekit (see the module docs).
                     return lerp;
                 }
-                let cos = reduced(
-                    m,
-                    lines.sum(k, |j| {
-                        m.round(m.round(v(x0, j) / n0) * m.round(v(x1, j) / n1)) as f64
-                    }),
-                );
+                let cos = m.round(lines.torch_sum(k, |j| {
+                    m.round(m.round(v(x0, j) / n0) * m.round(v(x1, j) / n1))
+                }));
                 let theta = unary(m, cos.clamp(-1.0, 1.0), f64::acos);
                 let sin = unary(m, theta, f64::sin);
                 if (sin.abs() as f64) < SIN_EPS {

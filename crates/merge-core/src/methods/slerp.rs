@@ -1,20 +1,18 @@
 //! `slerp`: spherical linear interpolation between the base model's tensor (`t = 0`) and the
 //! other model's tensor (`t = 1`), each whole tensor taken as one vector.
 //!
-//! Follows mergekit (which computes with NumPy in `float32` whatever the math dtype): the two
-//! tensors are normalised by their L2 norms (only when a norm exceeds 1e-8), `d = Σ â·b̂`;
-//! when `|d| > 0.9995` the result is the plain lerp `(1−t)·a + t·b`, otherwise
-//! `θ = acos d`, `s₀ = sin(θ − tθ)/sin θ`, `s₁ = sin(tθ)/sin θ` and the result is
-//! `s₀·a + s₁·b` on the *unnormalised* tensors. Every scalar and elementwise step is an `f32`
-//! operation in mergekit's order; the result is rounded to the math dtype (mergekit casts it
-//! back to the base tensor's dtype).
+//! Follows mergekit's `slerp` (the PyTorch version, computing in float32 whatever the math
+//! dtype): the L2 norms of both tensors (over chunks of 2²⁰ elements, then the norm of the
+//! chunk norms); a norm ≤ 1e-8 is replaced by 1; `d = clamp(Σ (a/‖a‖)·(b/‖b‖), −1, 1)`
+//! (chunk sums, then their sum); when `|d| > 0.9995` the coefficients are `1−t, t` (lerp),
+//! otherwise `θ = acos d` and `sin((1−t)θ)/sin θ`, `sin(tθ)/sin θ`; the result
+//! `c₀·a + c₁·b` (on the *unnormalised* tensors, so magnitudes are interpolated implicitly)
+//! is stored in the math dtype.
 //!
-//! Reductions (the two norms and `d`) accumulate in `f64` with fixed chunks and are rounded
-//! to `f32` once. mergekit's norms come from BLAS `sdot` (kernel chosen at run time by the
-//! machine's OpenBLAS), which cannot be reproduced: with `θ` small, `acos` amplifies a few
-//! ulps of `d` into a few ulps of `s₀`, `s₁`, so float32 outputs differ from mergekit's in the
-//! last bit of many elements (parity fixture `slerp_t`: max abs error 2.4e-7; the final
-//! `s₀·a + s₁·b` itself is mergekit's exact f32 expression).
+//! Every step is the same float32 operation in the same order as mergekit's: the norms and
+//! sums replay PyTorch's CPU reduction order ([`torch_norm`], [`torch_sum`]), and the scalar
+//! trigonometry is correctly rounded `f32`. On the parity fixtures (`slerp_t`, float32) the
+//! output is bit-identical to mergekit's.
 //!
 //! # Divergence from mergekit
 //!
@@ -24,14 +22,17 @@
 //! is no angle to interpolate) and returns the lerp `(1−t)·a + t·b`, which is also what the
 //! SLERP limit gives as one vector shrinks towards zero length.
 
-use super::vecmath::{fill, norm, sum_by};
+use super::vecmath::{fill, torch_norm, torch_sum};
 use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use rayon::prelude::*;
 
 /// The SLERP method.
 pub struct Slerp;
 
 /// Below this norm a tensor is not normalised (mergekit's `eps`).
-const NORM_EPS: f64 = 1e-8;
+const NORM_EPS: f32 = 1e-8;
+/// mergekit reduces in chunks of this many elements (per output).
+const CHUNK: usize = 1 << 20;
 /// Above this `|cos θ|` the vectors count as colinear and are lerped.
 const DOT_THRESHOLD: f32 = 0.9995;
 
@@ -81,26 +82,44 @@ impl MergeMethod for Slerp {
     }
 }
 
-/// The coefficients `(c₀, c₁)` of `c₀·a + c₁·b` (all `f32`, as NumPy computes them).
+/// The coefficients `(c₀, c₁)` of `c₀·a + c₁·b` (all `f32`, as mergekit computes them).
 fn slerp_coefficients(t: f64, a: &[f32], b: &[f32]) -> (f32, f32) {
-    let lerp = ((1.0 - t) as f32, t as f32);
-    let na = norm(a) as f32;
-    let nb = norm(b) as f32;
-    if na as f64 <= NORM_EPS || nb as f64 <= NORM_EPS {
+    let t = t as f32;
+    let lerp = (1.0 - t, t);
+    let n = a.len();
+    if n == 0 {
+        return lerp;
+    }
+    let chunks: Vec<std::ops::Range<usize>> = (0..n)
+        .step_by(CHUNK)
+        .map(|s| s..(s + CHUNK).min(n))
+        .collect();
+    let norm = |x: &[f32]| {
+        let parts: Vec<f32> = chunks
+            .par_iter()
+            .map(|r| torch_norm(r.len(), |i| x[r.start + i]))
+            .collect();
+        torch_norm(parts.len(), |i| parts[i])
+    };
+    let (na, nb) = (norm(a), norm(b));
+    if na <= NORM_EPS || nb <= NORM_EPS {
         // Divergence from mergekit (see the module docs): no angle, plain lerp.
         return lerp;
     }
-    let dot = sum_by(a.len(), |i| ((a[i] / na) * (b[i] / nb)) as f64) as f32;
+    let parts: Vec<f32> = chunks
+        .par_iter()
+        .map(|r| torch_sum(r.len(), |i| (a[r.start + i] / na) * (b[r.start + i] / nb)))
+        .collect();
+    let dot = torch_sum(parts.len(), |i| parts[i]).clamp(-1.0, 1.0);
     if dot.abs() > DOT_THRESHOLD {
         return lerp;
     }
     let f = |x: f32, op: fn(f64) -> f64| op(x as f64) as f32;
-    let theta0 = f(dot, f64::acos);
-    let sin0 = f(theta0, f64::sin);
-    let theta_t = theta0 * t as f32;
-    let s0 = f(theta0 - theta_t, f64::sin) / sin0;
-    let s1 = f(theta_t, f64::sin) / sin0;
-    (s0, s1)
+    let theta = f(dot, f64::acos);
+    let sin = f(theta, f64::sin);
+    let c0 = f((1.0 - t) * theta, f64::sin) / sin;
+    let c1 = f(t * theta, f64::sin) / sin;
+    (c0, c1)
 }
 
 #[cfg(test)]

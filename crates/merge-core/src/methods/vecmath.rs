@@ -3,11 +3,13 @@
 //! element-wise fills, scalar maths rounded like a PyTorch 0-dim tensor of the math dtype, and
 //! "lines" (the 1-D vectors of a tensor along one axis).
 //!
-//! Reductions: mergekit's `torch.norm`/`torch.dot`/`np.sum` accumulate in `f32` in an order
-//! set by BLAS or by vectorised kernels, which cannot be reproduced bit for bit. These helpers
-//! accumulate in `f64` over the fixed chunks of [`super::det_sum`] (so the result does not
-//! depend on the thread count) and the callers round the result once to `f32` and then to the
-//! math dtype ([`reduced`]), which is what a PyTorch reduction returns up to the last bit.
+//! Reductions: PyTorch's CPU `sum` and `norm` over a contiguous float32 dimension follow a
+//! fixed algorithm (ATen's cascade sum over 8-lane AVX2 vectors; the norm's single 8-lane
+//! accumulator). [`torch_sum`] and [`torch_norm`] replay it step by step, sequentially, so a
+//! kernel gets mergekit's float32 reduction bits (as produced by single-threaded PyTorch on an
+//! AVX2 machine) at any thread count of ours. Reductions PyTorch hands to BLAS (`torch.dot`)
+//! cannot be replayed; for those [`dot`]/[`sum_by`] accumulate in `f64` over the fixed chunks
+//! of [`super::det_sum`] and the caller rounds once ([`reduced`]).
 
 use super::det_sum;
 use crate::dtype::DType;
@@ -38,6 +40,147 @@ pub fn sum_sq(a: &[f32]) -> f64 {
 /// The L2 norm of `a` in `f64` (deterministic).
 pub fn norm(a: &[f32]) -> f64 {
     sum_sq(a).sqrt()
+}
+
+/// Lanes of a PyTorch CPU float vector on an AVX2 machine (`Vectorized<float>::size()`).
+const LANES: usize = 8;
+
+/// An accumulator of PyTorch's cascade sum: one `f32` or one vector of [`LANES`] `f32`.
+trait Acc: Copy {
+    fn zero() -> Self;
+    fn add(self, other: Self) -> Self;
+}
+
+impl Acc for f32 {
+    #[inline]
+    fn zero() -> Self {
+        0.0
+    }
+    #[inline]
+    fn add(self, other: Self) -> Self {
+        self + other
+    }
+}
+
+impl Acc for [f32; LANES] {
+    #[inline]
+    fn zero() -> Self {
+        [0.0; LANES]
+    }
+    #[inline]
+    fn add(mut self, other: Self) -> Self {
+        for (a, b) in self.iter_mut().zip(other) {
+            *a += b;
+        }
+        self
+    }
+}
+
+/// `ceil(log2(x))`, at least 1 (ATen's `CeilLog2`).
+fn ceil_log2(x: usize) -> u32 {
+    if x <= 2 {
+        1
+    } else {
+        usize::BITS - (x - 1).leading_zeros()
+    }
+}
+
+/// ATen's `multi_row_sum`: `R` interleaved running sums over `size` steps, cascaded through
+/// four levels so that rounding error grows with the log of the length.
+#[allow(clippy::needless_range_loop)] // index loops keep ATen's order visible
+fn multi_row_sum<T: Acc, const R: usize>(size: usize, load: impl Fn(usize, usize) -> T) -> [T; R] {
+    const LEVELS: usize = 4;
+    let level_power = (ceil_log2(size) / LEVELS as u32).max(4);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = [[T::zero(); R]; LEVELS];
+    let mut i = 0;
+    while i + level_step <= size {
+        for _ in 0..level_step {
+            for k in 0..R {
+                acc[0][k] = acc[0][k].add(load(i, k));
+            }
+            i += 1;
+        }
+        for j in 1..LEVELS {
+            for k in 0..R {
+                acc[j][k] = acc[j][k].add(acc[j - 1][k]);
+                acc[j - 1][k] = T::zero();
+            }
+            if i & (level_mask << (j as u32 * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    while i < size {
+        for k in 0..R {
+            acc[0][k] = acc[0][k].add(load(i, k));
+        }
+        i += 1;
+    }
+    for j in 1..LEVELS {
+        for k in 0..R {
+            acc[0][k] = acc[0][k].add(acc[j][k]);
+        }
+    }
+    acc[0]
+}
+
+/// ATen's `row_sum`: four interleaved cascade sums, the remainder, then the four combined.
+#[allow(clippy::needless_range_loop)]
+fn row_sum<T: Acc>(size: usize, load: impl Fn(usize) -> T) -> T {
+    const ILP: usize = 4;
+    let size_ilp = size / ILP;
+    let mut ps: [T; ILP] = multi_row_sum(size_ilp, |i, k| load(i * ILP + k));
+    for i in size_ilp * ILP..size {
+        ps[0] = ps[0].add(load(i));
+    }
+    for k in 1..ILP {
+        ps[0] = ps[0].add(ps[k]);
+    }
+    ps[0]
+}
+
+/// The `f32` sum of `f(0), …, f(n−1)` exactly as PyTorch's CPU `sum` reduces a contiguous
+/// float32 dimension (ATen's cascade sum: vectors of 8 lanes — AVX2 —, four interleaved
+/// accumulators, a four-level cascade; single-threaded). Sequential, so deterministic.
+pub fn torch_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    if n < LANES {
+        return row_sum(n, f);
+    }
+    let vecs = n / LANES;
+    let v: [f32; LANES] = row_sum(vecs, |i| std::array::from_fn(|k| f(i * LANES + k)));
+    let mut acc = 0.0f32;
+    for k in vecs * LANES..n {
+        acc += f(k);
+    }
+    for x in v {
+        acc += x;
+    }
+    acc
+}
+
+/// The `f32` L2 norm of `f(0), …, f(n−1)` exactly as PyTorch's CPU `torch.norm` /
+/// `linalg.vector_norm` computes it over a contiguous float32 last dimension (one vector of
+/// 8 lanes accumulating `x·x`, the lanes then summed in order, the tail, then `sqrt`).
+pub fn torch_norm(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let full = n - n % LANES;
+    for d in (0..full).step_by(LANES) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let x = f(d + k);
+            *a += x * x;
+        }
+    }
+    let mut b = acc[0];
+    for a in &acc[1..] {
+        b += *a;
+    }
+    for d in full..n {
+        let x = f(d);
+        b += x * x;
+    }
+    (b as f64).sqrt() as f32
 }
 
 /// A reduction's result as PyTorch returns it for a tensor of dtype `m`: rounded to `f32`
@@ -145,6 +288,16 @@ impl Lines {
         }
     }
 
+    /// [`torch_sum`] of `f(flat index)` over vector `k`.
+    pub fn torch_sum(&self, k: usize, f: impl Fn(usize) -> f32) -> f32 {
+        torch_sum(self.len, |i| f(self.index(k, i)))
+    }
+
+    /// [`torch_norm`] of `f(flat index)` over vector `k`.
+    pub fn torch_norm(&self, k: usize, f: impl Fn(usize) -> f32) -> f32 {
+        torch_norm(self.len, |i| f(self.index(k, i)))
+    }
+
     /// `Σ f(flat index)` over vector `k`, in `f64`: the whole-tensor case ([`Lines::flat`])
     /// uses the deterministic parallel [`sum_by`], a short vector a sequential loop.
     pub fn sum(&self, k: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
@@ -232,6 +385,26 @@ mod tests {
         assert_eq!(s1.to_bits(), s2.to_bits());
         let naive: f64 = a.iter().map(|&x| x as f64 * x as f64).sum();
         assert!((s1 - naive).abs() < 1e-9 * naive);
+    }
+
+    #[test]
+    fn torch_sum_matches_the_cascade_order() {
+        // Small exact cases.
+        assert_eq!(torch_sum(0, |_| 1.0), 0.0);
+        assert_eq!(torch_sum(3, |i| i as f32), 3.0);
+        assert_eq!(torch_sum(100, |i| i as f32), 4950.0);
+        // Order matters in f32: 1e8 (ulp 8) followed by 511 ones. A sequential sum loses every
+        // 1. ATen: 64 vectors of 8 lanes, vector i into accumulator i % 4; accumulator 0's
+        // lane 0 holds 1e8 and loses its 15 ones, accumulators 1-3 hold 16 in lane 0 and
+        // lanes 1-7 of all four hold 16 each. Combining the accumulators gives lane 0 =
+        // 1e8 + 48 and lanes 1-7 = 64 each; summing the lanes: 1e8 + 48 + 7·64.
+        let n = 8 * 64;
+        let v = |i: usize| if i == 0 { 1e8f32 } else { 1.0 };
+        let seq = (0..n).fold(0.0f32, |a, i| a + v(i));
+        assert_eq!(seq, 1e8);
+        assert_eq!(torch_sum(n, v), 1e8 + 48.0 + 7.0 * 64.0);
+        assert_eq!(torch_norm(2, |i| [3.0f32, 4.0][i]), 5.0);
+        assert_eq!(torch_norm(16, |_| 1.0), 4.0);
     }
 
     #[test]
