@@ -25,6 +25,11 @@ const BIT_EXACT: &[&str] = &[
     "linear_weighted",
     "linear_nonorm_f16out",
     "passthrough_frankenmerge",
+    "model_stock",
+    "multislerp",
+    "nuslerp_base",
+    "slerp_gradient_bf16",
+    "slerp_t",
 ];
 
 /// Whether python3 with numpy is available; CI requires it (SMELT_REQUIRE_PY_REFS=1).
