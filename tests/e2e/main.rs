@@ -5,6 +5,7 @@
 mod cli;
 mod determinism;
 mod errors;
+mod inputs;
 mod parity;
 mod recipes;
 mod util;

@@ -32,6 +32,21 @@ enum Command {
     Check(CheckArgs),
     /// List the tensors (dtype, shape, size) of a checkpoint folder or file.
     Inspect(InspectArgs),
+    /// Check that a merged folder still matches its smelt.lock (and, with --inputs, that the
+    /// input models are the ones that were locked). Names every file that differs.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// The merged model folder (holding smelt.lock).
+    out: PathBuf,
+    /// Also hash the input models recorded in the lock.
+    #[arg(long)]
+    inputs: bool,
+    /// Hash inputs again even where the digest cache knows them.
+    #[arg(long)]
+    rehash: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -78,6 +93,12 @@ struct RunArgs {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+    /// Also write the lock file to PATH (e.g. beside the recipe, to commit it).
+    #[arg(long, value_name = "PATH")]
+    lock: Option<PathBuf>,
+    /// Refuse to merge unless the recipe, seed and every input file equal this lock's.
+    #[arg(long, value_name = "LOCK")]
+    locked: Option<PathBuf>,
     /// Accepted for mergekit compatibility; smelt memory-maps its inputs and does not need it.
     #[arg(long, hide = true)]
     lazy_unpickle: bool,
@@ -111,6 +132,52 @@ struct CheckArgs {
 struct InspectArgs {
     /// A model folder, a .safetensors file or a hub id in the local cache.
     path: PathBuf,
+}
+
+fn verify(a: &VerifyArgs) -> Result<ExitCode> {
+    use merge_core::lock::{self, HashCache, Lock};
+    let lock = Lock::read(&a.out.join(lock::LOCK_FILE))?;
+    let fresh = HashCache::in_memory();
+    let mut diffs = lock::verify_files(&a.out, &lock.outputs, &fresh, &[lock::LOCK_FILE]);
+    let mut checked = lock.outputs.len();
+    if a.inputs {
+        let cached;
+        let cache = if a.rehash {
+            &fresh
+        } else {
+            cached = HashCache::load(HashCache::default_path());
+            &cached
+        };
+        for inp in &lock.inputs {
+            let dir = if inp.path.is_file() {
+                inp.path.parent().map(Path::to_path_buf).unwrap_or_default()
+            } else {
+                inp.path.clone()
+            };
+            let mut all = lock::verify_files(&dir, &inp.files, cache, &[]);
+            if let Some(l) = &inp.lora_path {
+                all.extend(lock::verify_files(l, &inp.lora_files, cache, &[]));
+            }
+            // other files in an input folder are not the lock's business
+            all.retain(|m| m.what != "not in the lock");
+            diffs.extend(all);
+            checked += inp.files.len() + inp.lora_files.len();
+        }
+        cache.save();
+    }
+    for d in &diffs {
+        println!("DIFFERS {d}");
+    }
+    if diffs.is_empty() {
+        println!(
+            "ok: {checked} files match {}",
+            a.out.join(lock::LOCK_FILE).display()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: {} of {checked} locked files differ", diffs.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn parse_size(s: &str) -> Result<i64, String> {
@@ -184,6 +251,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 copy_tokenizer: !a.no_copy_tokenizer,
                 write_card: !a.no_write_model_card,
                 force: a.force,
+                lock_path: a.lock.clone(),
+                locked: a
+                    .locked
+                    .as_deref()
+                    .map(merge_core::lock::Lock::read)
+                    .transpose()?,
+                hash_cache: merge_core::lock::HashCache::default_path(),
             };
             let bar = progress::Bar::new(a.quiet);
             let cb = |p: &merge_core::exec::Progress| bar.update(p);
@@ -242,6 +316,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Verify(a) => verify(&a),
         Command::Inspect(a) => {
             inspect::inspect(&a.path)?;
             Ok(ExitCode::SUCCESS)
