@@ -15,13 +15,7 @@ const NOT_YET: &[(&str, &str)] = &[
     ("dare_linear", "method not implemented yet"),
     ("dare_ties_d1", "method not implemented yet"),
     ("della", "method not implemented yet"),
-    ("karcher", "method not implemented yet"),
-    ("model_stock", "method not implemented yet"),
-    ("multislerp", "method not implemented yet"),
-    ("nuslerp_base", "method not implemented yet"),
     ("sce", "method not implemented yet"),
-    ("slerp_gradient_bf16", "method not implemented yet"),
-    ("slerp_t", "method not implemented yet"),
     ("task_arithmetic", "method not implemented yet"),
     ("ties", "tokenizer_source is not implemented yet"),
 ];
@@ -31,6 +25,11 @@ const BIT_EXACT: &[&str] = &[
     "linear_weighted",
     "linear_nonorm_f16out",
     "passthrough_frankenmerge",
+    "model_stock",
+    "multislerp",
+    "nuslerp_base",
+    "slerp_gradient_bf16",
+    "slerp_t",
 ];
 
 /// Whether python3 with numpy is available; CI requires it (SMELT_REQUIRE_PY_REFS=1).

@@ -18,9 +18,17 @@
 
 use crate::dtype::DType;
 
+pub mod arcee_fusion;
+pub mod karcher;
 pub mod linear;
+pub mod model_stock;
+pub mod multislerp;
+pub mod nearswap;
+pub mod nuslerp;
 pub mod passthrough;
 pub mod rng;
+pub mod slerp;
+pub mod vecmath;
 
 /// Fixed chunk length (elements) for deterministic parallel reductions.
 pub const REDUCE_CHUNK: usize = 1 << 16;
@@ -244,7 +252,17 @@ impl std::fmt::Debug for dyn MergeMethod {
 
 /// Every method smelt implements, in the order `smelt --help` lists them.
 pub fn all() -> &'static [&'static dyn MergeMethod] {
-    &[&linear::Linear, &passthrough::Passthrough]
+    &[
+        &linear::Linear,
+        &slerp::Slerp,
+        &nuslerp::NuSlerp,
+        &multislerp::MultiSlerp,
+        &karcher::Karcher,
+        &model_stock::ModelStock,
+        &nearswap::NearSwap,
+        &arcee_fusion::ArceeFusion,
+        &passthrough::Passthrough,
+    ]
 }
 
 /// The method registered under `name`.
