@@ -5,6 +5,7 @@
 mod cli;
 mod determinism;
 mod errors;
+mod gguf_run;
 mod inputs;
 mod parity;
 mod quantize;

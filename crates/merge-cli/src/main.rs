@@ -124,6 +124,16 @@ struct RunArgs {
     /// Refuse to merge unless the recipe, seed and every input file equal this lock's.
     #[arg(long, value_name = "LOCK")]
     locked: Option<PathBuf>,
+    /// Quantize to GGUF in the same pass: OUT gets OUT-NAME-TYPE.gguf (e.g. Q4_K_M, Q8_0, F16)
+    /// with the config, tokenizer and model card, and no safetensors unless --keep-safetensors.
+    #[arg(long, value_name = "TYPE")]
+    gguf: Option<String>,
+    /// With --gguf: also write the safetensors shards.
+    #[arg(long, requires = "gguf")]
+    keep_safetensors: bool,
+    /// With --gguf: llama.cpp pre-tokenizer name for a BPE tokenizer smelt does not recognise.
+    #[arg(long, requires = "gguf")]
+    pre: Option<String>,
     /// Accepted for mergekit compatibility; smelt memory-maps its inputs and does not need it.
     #[arg(long, hide = true)]
     lazy_unpickle: bool,
@@ -283,6 +293,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map(merge_core::lock::Lock::read)
                     .transpose()?,
                 hash_cache: merge_core::lock::HashCache::default_path(),
+                gguf: a
+                    .gguf
+                    .as_deref()
+                    .map(|t| -> Result<merge::GgufOptions> {
+                        Ok(merge::GgufOptions {
+                            ftype: merge_core::gguf::FileType::parse(t)?,
+                            pre: a.pre.clone(),
+                            keep_safetensors: a.keep_safetensors,
+                        })
+                    })
+                    .transpose()?,
             };
             let bar = progress::Bar::new(a.quiet);
             let cb = |p: &merge_core::exec::Progress| bar.update(p);

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::exec::{self, ExecOptions, Progress};
+use crate::exec::{self, ExecOptions, Progress, TensorSink};
+use crate::gguf::FileType;
+use crate::gguf::sink::{GgufSink, Tee};
 use crate::lock::{self, FileRecord, HashCache, InputRecord, Lock, RecipeRecord};
 use crate::output::{self, OutputDir};
 use crate::plan::{self, Plan, PlanOptions};
@@ -35,6 +37,19 @@ pub struct MergeOptions {
     pub locked: Option<Lock>,
     /// Where input digests are cached (`None`: no cache).
     pub hash_cache: Option<PathBuf>,
+    /// Write a GGUF file (quantized in the same pass) instead of, or besides, safetensors.
+    pub gguf: Option<GgufOptions>,
+}
+
+/// The one-pass GGUF route of `smelt run --gguf`.
+#[derive(Debug, Clone)]
+pub struct GgufOptions {
+    /// The llama.cpp file type.
+    pub ftype: FileType,
+    /// `tokenizer.ggml.pre` override for an unrecognised BPE tokenizer.
+    pub pre: Option<String>,
+    /// Also write the safetensors shards.
+    pub keep_safetensors: bool,
 }
 
 impl Default for MergeOptions {
@@ -49,6 +64,7 @@ impl Default for MergeOptions {
             lock_path: None,
             locked: None,
             hash_cache: HashCache::default_path(),
+            gguf: None,
         }
     }
 }
@@ -259,33 +275,14 @@ pub fn run(
         .flat_map(|m| std::iter::once(m.path.clone()).chain(m.lora_path.clone()))
         .collect();
     let dir = OutputDir::prepare(out, opts.force, &inputs)?;
-    let writer = SafetensorsWriter::create(&plan, dir.path())?;
-    // inputs are hashed on a thread of their own while the merge reads them
-    let exec_opts = ExecOptions {
-        threads: opts.threads,
-        memory_budget: opts.memory_budget,
-        progress,
-    };
-    let (merged, inputs) = std::thread::scope(|s| {
-        let hashing = s.spawn(|| hash_inputs(&plan, &cache));
-        let merged = exec::execute(&plan, &writer, &exec_opts);
-        let hashed = hashing
-            .join()
-            .unwrap_or_else(|_| Err(Error::Plan("input hashing failed".into())));
-        (merged, hashed)
-    });
-    merged?;
-    let inputs = inputs?;
-    cache.save();
-    let mut files = writer.finish()?;
+    let name = dir
+        .target()
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // the small files first: the GGUF route reads config and tokenizer from the output
+    let mut files = Vec::new();
     let mut warnings = plan.warnings.clone();
-    if let Some(idx) = output::index_json(&plan) {
-        files.push(output::write_file(
-            dir.path(),
-            "model.safetensors.index.json",
-            idx.as_bytes(),
-        )?);
-    }
     if let Some(cfg) = &plan.config {
         let text = serde_json::to_string_pretty(cfg).expect("json") + "\n";
         files.push(output::write_file(
@@ -296,17 +293,12 @@ pub fn run(
     } else {
         warnings.push("no config.json written: the donor model has none".into());
     }
-    if opts.copy_tokenizer {
+    if opts.copy_tokenizer || opts.gguf.is_some() {
         let (f, w) = output::copy_tokenizer(&plan, dir.path())?;
         files.extend(f);
         warnings.extend(w);
     }
     if opts.write_card {
-        let name = dir
-            .target()
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         files.push(output::write_file(
             dir.path(),
             "README.md",
@@ -317,6 +309,79 @@ pub fn run(
             "mergekit_config.yml",
             recipe.text.as_bytes(),
         )?);
+    }
+    let shards = match &opts.gguf {
+        Some(g) if !g.keep_safetensors => None,
+        _ => Some(SafetensorsWriter::create(&plan, dir.path())?),
+    };
+    let gguf = match &opts.gguf {
+        Some(g) => {
+            let file = format!("{name}-{}.gguf", g.ftype.name());
+            let sink = GgufSink::create(
+                &plan,
+                dir.path(),
+                &dir.path().join(&file),
+                g.ftype,
+                g.pre.as_deref(),
+                &name,
+            )?;
+            Some((file, sink))
+        }
+        None => None,
+    };
+    let tee;
+    let sink: &dyn TensorSink = match (&shards, &gguf) {
+        (Some(w), Some((_, g))) => {
+            tee = Tee(g, w);
+            &tee
+        }
+        (Some(w), None) => w,
+        (None, Some((_, g))) => g,
+        (None, None) => unreachable!("at least one sink"),
+    };
+    // inputs are hashed on a thread of their own while the merge reads them
+    let exec_opts = ExecOptions {
+        threads: opts.threads,
+        memory_budget: opts.memory_budget,
+        progress,
+    };
+    let (merged, inputs) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| hash_inputs(&plan, &cache));
+        let merged = exec::execute(&plan, sink, &exec_opts);
+        let hashed = hashing
+            .join()
+            .unwrap_or_else(|_| Err(Error::Plan("input hashing failed".into())));
+        (merged, hashed)
+    });
+    merged?;
+    let inputs = inputs?;
+    cache.save();
+    if let Some(w) = shards {
+        files.extend(w.finish()?);
+        if let Some(idx) = output::index_json(&plan) {
+            files.push(output::write_file(
+                dir.path(),
+                "model.safetensors.index.json",
+                idx.as_bytes(),
+            )?);
+        }
+    }
+    if let Some((file, g)) = gguf {
+        g.finish()?;
+        let size = std::fs::metadata(dir.path().join(&file))
+            .map_err(|e| Error::io(dir.path().join(&file), e))?
+            .len();
+        files.push(WrittenFile { name: file, size });
+    }
+    if !opts.copy_tokenizer && opts.gguf.is_some() {
+        // the tokenizer was needed for the GGUF metadata only
+        for f in output::TOKENIZER_FILES {
+            let p = dir.path().join(f);
+            if p.is_file() {
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                files.retain(|w| w.name != *f);
+            }
+        }
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let outputs: Vec<FileRecord> = files

@@ -161,8 +161,8 @@ impl TensorSink for GgufSink<'_> {
         let ne0 = gt.dims[0] as usize;
         if ne0 == 0
             || !ne0.is_multiple_of(gt.ty.block_size())
-            || offset % ne0 != 0
-            || vals.len() % ne0 != 0
+            || !offset.is_multiple_of(ne0)
+            || !vals.len().is_multiple_of(ne0)
         {
             return Err(GgufError::tensor(
                 &gt.name,
