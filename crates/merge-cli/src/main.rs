@@ -32,12 +32,32 @@ enum Command {
     Check(CheckArgs),
     /// List the tensors (dtype, shape, size) of a checkpoint folder or file.
     Inspect(InspectArgs),
+    /// Rewrite a checkpoint (PyTorch .bin, sharded or not, or `model+lora`) as safetensors with
+    /// the same tensor names, with its config and tokenizer files.
+    Convert(ConvertArgs),
     /// Check that a merged folder still matches its smelt.lock (and, with --inputs, that the
     /// input models are the ones that were locked). Names every file that differs.
     Verify(VerifyArgs),
     /// Convert a Hugging Face model folder to a GGUF file for llama.cpp, ollama and LM Studio
     /// (F32/F16/BF16 or a llama.cpp quantization such as Q4_K_M).
     Quantize(QuantizeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConvertArgs {
+    /// The model: a folder, a weights file, or `MODEL+LORA_ADAPTER`.
+    model: String,
+    /// The output folder.
+    out: PathBuf,
+    /// Maximum size of an output shard (as for `run`).
+    #[arg(long, default_value = "5B", value_parser = parse_size)]
+    out_shard_size: i64,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j', env = "SMELT_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Replace a non-empty output folder.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -363,6 +383,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Verify(a) => verify(&a),
+        Command::Convert(a) => {
+            let files = merge_core::convert::convert(
+                &a.model,
+                Path::new("."),
+                &a.out,
+                a.out_shard_size,
+                a.threads,
+                a.force,
+            )
+            .with_context(|| format!("converting {}", a.model))?;
+            let total: u64 = files.iter().map(|f| f.size).sum();
+            eprintln!(
+                "wrote {} files ({}) to {}",
+                files.len(),
+                progress::human(total),
+                a.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect(a) => {
             inspect::inspect(&a.path)?;
             Ok(ExitCode::SUCCESS)
