@@ -76,8 +76,12 @@ struct VerifyArgs {
 struct QuantizeArgs {
     /// The Hugging Face model folder (config.json, safetensors, tokenizer files).
     model: PathBuf,
+    /// The GGUF file to write (or give it with -o; default: NAME-TYPE.gguf in the current
+    /// folder, NAME being the model folder's name).
+    out: Option<PathBuf>,
     /// The GGUF file to write.
-    out: PathBuf,
+    #[arg(long = "output", short = 'o', conflicts_with = "out")]
+    output: Option<PathBuf>,
     /// llama.cpp file type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S,
     /// Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K (case-insensitive).
     #[arg(long = "type", short = 't', default_value = "Q4_K_M")]
@@ -408,16 +412,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Quantize(a) => {
             let ftype = merge_core::gguf::FileType::parse(&a.ftype)?;
-            if a.out.exists() && !a.force {
+            let out = match a.out.clone().or(a.output.clone()) {
+                Some(p) => p,
+                None => {
+                    let name = std::path::absolute(&a.model)?
+                        .file_name()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "model".into());
+                    PathBuf::from(format!("{name}-{}.gguf", ftype.name()))
+                }
+            };
+            if out.exists() && !a.force {
                 anyhow::bail!(
                     "{} already exists (pass --force to replace it)",
-                    a.out.display()
+                    out.display()
                 );
             }
             let t0 = std::time::Instant::now();
             let r = merge_core::gguf::convert::convert_folder(
                 &a.model,
-                &a.out,
+                &out,
                 ftype,
                 a.pre.as_deref(),
                 a.threads,
@@ -425,7 +439,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .with_context(|| format!("converting {} to GGUF", a.model.display()))?;
             eprintln!(
                 "wrote {} ({} {}, {} tensors, {}, pre-tokenizer {}) in {:.1}s",
-                a.out.display(),
+                out.display(),
                 r.arch.name(),
                 r.ftype,
                 r.tensors,
