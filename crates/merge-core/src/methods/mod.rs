@@ -18,9 +18,23 @@
 
 use crate::dtype::DType;
 
+pub mod breadcrumbs;
+pub mod breadcrumbs_ties;
+pub mod consensus;
+pub mod dare_linear;
+pub mod dare_ties;
+pub mod della;
+pub mod della_linear;
 pub mod linear;
 pub mod passthrough;
+pub mod ram;
+pub mod ramplus_tl;
 pub mod rng;
+pub mod sce;
+pub mod sparsify;
+pub mod task_arithmetic;
+pub mod task_family;
+pub mod ties;
 
 /// Fixed chunk length (elements) for deterministic parallel reductions.
 pub const REDUCE_CHUNK: usize = 1 << 16;
@@ -238,7 +252,21 @@ pub trait MergeMethod: Send + Sync {
 
 /// Every method smelt implements, in the order `smelt --help` lists them.
 pub fn all() -> &'static [&'static dyn MergeMethod] {
-    &[&linear::Linear, &passthrough::Passthrough]
+    &[
+        &linear::Linear,
+        &passthrough::Passthrough,
+        &task_arithmetic::TaskArithmetic,
+        &ties::Ties,
+        &dare_ties::DareTies,
+        &dare_linear::DareLinear,
+        &breadcrumbs::Breadcrumbs,
+        &breadcrumbs_ties::BreadcrumbsTies,
+        &della::Della,
+        &della_linear::DellaLinear,
+        &sce::Sce,
+        &ram::Ram,
+        &ramplus_tl::RamPlusTl,
+    ]
 }
 
 /// The method registered under `name`.

@@ -1,0 +1,278 @@
+//! The generalised task-arithmetic engine shared by `task_arithmetic`, `ties`, `dare_ties`,
+//! `dare_linear`, `breadcrumbs`, `breadcrumbs_ties`, `della` and `della_linear` (mergekit spec
+//! §2.6). Each method file only describes itself ([`Family`]) and calls [`merge`].
+//!
+//! Per tensor, with `δᵢ = round(xᵢ − base)` for every non-base input in source order:
+//! 1. sparsify each `δᵢ` with its own `density` (`gamma`, `epsilon`) into a [`Mask`], plus an
+//!    L1 rescale factor when `rescale` (see [`super::sparsify`]);
+//! 2. weight: `ωᵢ = round(δᵢ' · wᵢ)` with `wᵢ` rounded to the math dtype;
+//! 3. with sign consensus: elect the majority sign of `Σ ωᵢ` ([`super::consensus`]),
+//!    `mixed = Σ ωᵢ·Mᵢ`, `divisor = Σ wᵢ·Mᵢ` per element (0 → 1); without:
+//!    `mixed = Σ ωᵢ`, `divisor = Σ wᵢ` (|·| < 1e-8 → 1);
+//! 4. `normalize`: `mixed ← round(mixed / divisor)`; `lambda ≠ 1`: `mixed ← round(mixed·λ)`;
+//! 5. result `round(base + mixed)`. No non-base input → the base unchanged.
+//!
+//! Sums over models accumulate in `f32` in source order and are rounded once. Nothing is
+//! copied: task vectors are recomputed from the inputs in each pass (selection passes, norm
+//! pass, final pass), and the final pass runs over fixed chunks of [`CHUNK`] elements in
+//! parallel, so results are identical at any thread count.
+//!
+//! Divergences from mergekit are those of the primitives (see [`super::sparsify`]).
+//! `int8_mask` only changes mergekit's intermediate mask dtype and is accepted and ignored.
+
+use super::consensus::{self, Consensus};
+use super::rng::RngKey;
+use super::sparsify::{self, CHUNK, Delta, Mask, magnitude_key, round_scalar};
+use super::{MergeCtx, ParamSpec};
+use crate::dtype::DType;
+use rayon::prelude::*;
+
+/// How a family member sparsifies task vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sparsification {
+    /// Keep everything (task arithmetic).
+    None,
+    /// Magnitude top-k (TIES).
+    Magnitude,
+    /// Bernoulli drop (DARE).
+    Random,
+    /// Drop the largest outliers and the smallest values (breadcrumbs).
+    MagnitudeOutliers,
+    /// Rank-dependent Bernoulli drop (DELLA).
+    DellaMagprune,
+}
+
+/// One member of the family.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// The sparsification.
+    pub sparsification: Sparsification,
+    /// Whether TIES sign consensus ("sum" mode) is applied.
+    pub consensus: bool,
+    /// The default of `normalize`.
+    pub default_normalize: bool,
+    /// The default of `rescale`.
+    pub default_rescale: bool,
+}
+
+/// The global parameters every family member reads, with a member's defaults.
+pub const fn global_params(normalize: bool, rescale: bool) -> [ParamSpec; 4] {
+    [
+        ParamSpec::global_bool("normalize", normalize),
+        ParamSpec::global_bool("rescale", rescale),
+        ParamSpec::global_bool("int8_mask", false),
+        ParamSpec::global("lambda", 1.0),
+    ]
+}
+
+/// One non-base input, ready for the final pass.
+struct Prepared<'a> {
+    x: &'a [f32],
+    w: f32,
+    mask: Mask,
+    factor: Option<f32>,
+    work: DType,
+}
+
+fn param(i: &super::Input, name: &str) -> Result<f64, String> {
+    i.params
+        .get(name)
+        .ok_or_else(|| format!("missing required parameter `{name}` for model {}", i.model))
+}
+
+/// Runs the family member `f` on one tensor.
+pub fn merge(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
+    let m = ctx.math;
+    let base = ctx
+        .base()
+        .ok_or("this method needs a base model (set `base_model`) and the base has no tensor")?
+        .data;
+    let n = out.len();
+    if base.len() != n || ctx.inputs.iter().any(|i| i.data.len() != n) {
+        return Err(format!("inputs and output differ in length (output {n})"));
+    }
+    let normalize = ctx.global.flag("normalize", f.default_normalize);
+    let rescale = ctx.global.flag("rescale", f.default_rescale);
+    let lambda = ctx.global.get_or("lambda", 1.0);
+    let rng = RngKey::new(ctx.seed, ctx.tensor);
+
+    let mut prepared = Vec::new();
+    for (idx, inp) in ctx.inputs.iter().enumerate() {
+        if inp.is_base {
+            continue;
+        }
+        let w = round_scalar(m, param(inp, "weight")?);
+        let density = inp.params.get_or("density", 1.0);
+        let delta = Delta {
+            x: inp.data,
+            base,
+            math: m,
+        };
+        let (mask, work) = match f.sparsification {
+            Sparsification::None => (Mask::All, m),
+            Sparsification::Magnitude => (sparsify::magnitude(&delta, density), m),
+            Sparsification::MagnitudeOutliers => {
+                let gamma = inp.params.get_or("gamma", 0.01);
+                let mask = sparsify::magnitude_outliers(&delta, density, gamma)
+                    .map_err(|e| format!("{e} (model {})", inp.model))?;
+                (mask, m)
+            }
+            Sparsification::Random => {
+                let work = sparsify::random_work_dtype(m);
+                let mask = sparsify::bernoulli(density, work, rng, idx as u32, ctx.offset);
+                (mask, work)
+            }
+            Sparsification::DellaMagprune => {
+                let work = sparsify::random_work_dtype(m);
+                let eps = inp.params.get_or("epsilon", 0.15);
+                let shape: &[usize] = if ctx.shape.iter().product::<usize>() == n {
+                    ctx.shape
+                } else {
+                    &[]
+                };
+                let mask = sparsify::della_magprune(
+                    &delta, shape, density, eps, work, rng, idx as u32, ctx.offset,
+                )
+                .map_err(|e| format!("{e} (model {})", inp.model))?;
+                (mask, work)
+            }
+        };
+        let factor = if rescale {
+            sparsify::l1_rescale(&delta, &mask, work)
+        } else {
+            None
+        };
+        prepared.push(Prepared {
+            x: inp.data,
+            w,
+            mask,
+            factor,
+            work,
+        });
+    }
+    if prepared.is_empty() {
+        out.copy_from_slice(base);
+        return Ok(());
+    }
+
+    // scalar divisor of the no-consensus branch
+    let plain_divisor = {
+        let mut s = 0.0f32;
+        for p in &prepared {
+            s += p.w;
+        }
+        let d = m.round(s);
+        if d.abs() < m.round(1e-8) { 1.0 } else { d }
+    };
+    let lambda_f = (lambda != 1.0).then_some(lambda as f32);
+    let consensus = f.consensus;
+    let prepared = &prepared;
+
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
+        let start = c * CHUNK;
+        let mut cursors: Vec<_> = prepared.iter().map(|p| p.mask.cursor(c)).collect();
+        let mut omega = vec![0.0f32; prepared.len()];
+        for (l, o) in oc.iter_mut().enumerate() {
+            let j = start + l;
+            let b = base[j];
+            for ((p, cur), om) in prepared.iter().zip(&mut cursors).zip(&mut omega) {
+                let d = m.round(p.x[j] - b);
+                let keep = cur.keep(j, magnitude_key(d));
+                let d = sparsify::apply(d, keep, p.factor, p.work, m);
+                *om = m.round(d * p.w);
+            }
+            let (mixed, divisor) = if consensus {
+                let positive = consensus::elect(Consensus::Sum, &omega, m);
+                let (mut s, mut dv) = (0.0f32, 0.0f32);
+                for (p, om) in prepared.iter().zip(&omega) {
+                    if consensus::agrees(*om, positive) {
+                        s += om;
+                        dv += p.w;
+                    }
+                }
+                let dv = m.round(dv);
+                (m.round(s), if dv == 0.0 { 1.0 } else { dv })
+            } else {
+                let mut s = 0.0f32;
+                for om in &omega {
+                    s += om;
+                }
+                (m.round(s), plain_divisor)
+            };
+            let mut mixed = if normalize {
+                m.round(mixed / divisor)
+            } else {
+                mixed
+            };
+            if let Some(l) = lambda_f {
+                mixed = m.round(mixed * l);
+            }
+            *o = m.round(b + mixed);
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Engine tests through the family members' worked examples live in the method files;
+    //! these cover behaviour shared by all members.
+    use super::super::MergeMethod;
+    use super::super::testutil::{p, run};
+    use super::*;
+
+    /// Runs `method` with base 0-offset inputs given as (values, weight, density).
+    pub(crate) fn run_family(
+        method: &dyn MergeMethod,
+        base: &[f32],
+        models: &[(&[f32], f64, f64)],
+        global: &[(&'static str, f64)],
+        math: DType,
+    ) -> Result<Vec<f32>, String> {
+        let mut ins = vec![(base, true, p(&[]))];
+        for (x, w, d) in models {
+            ins.push((*x, false, p(&[("weight", *w), ("density", *d)])));
+        }
+        run(method, &ins, p(global), math)
+    }
+
+    #[test]
+    fn base_only_returns_base() {
+        let b = [1.0f32, -2.0];
+        let out = run(
+            &super::super::ties::Ties,
+            &[(&b, true, p(&[]))],
+            p(&[]),
+            DType::F32,
+        )
+        .unwrap();
+        assert_eq!(out, b.to_vec());
+    }
+
+    #[test]
+    fn missing_base_is_an_error() {
+        let a = [1.0f32];
+        let e = run(
+            &super::super::ties::Ties,
+            &[(&a, false, p(&[("weight", 1.0), ("density", 1.0)]))],
+            p(&[]),
+            DType::F32,
+        )
+        .unwrap_err();
+        assert!(e.contains("base"), "{e}");
+    }
+
+    #[test]
+    fn missing_weight_is_an_error() {
+        let b = [0.0f32];
+        let a = [1.0f32];
+        let e = run(
+            &super::super::task_arithmetic::TaskArithmetic,
+            &[(&b, true, p(&[])), (&a, false, p(&[]))],
+            p(&[]),
+            DType::F32,
+        )
+        .unwrap_err();
+        assert!(e.contains("weight") && e.contains("m1"), "{e}");
+    }
+}
