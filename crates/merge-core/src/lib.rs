@@ -1,10 +1,25 @@
-//! merge-core: the library behind `smelt`.
+//! merge-core: the library behind `smelt`, a mergekit-compatible model merger.
+//!
+//! The pipeline has five rooms: [`recipe`] (the YAML, strictly parsed) → [`plan`] (what to
+//! compute: every output tensor with its inputs and resolved parameters) → [`exec`] (when:
+//! a rayon pool under a memory budget) → [`methods`] (how: one kernel per merge method) →
+//! a sink ([`writer`] for safetensors shards). [`checkpoint`] opens inputs read-only with
+//! memory maps, [`arch`] knows model layouts, [`output`] assembles the folder atomically and
+//! [`merge`] ties it all together. The library never prints; progress is a callback.
 #![deny(missing_docs)]
 
+pub mod arch;
+pub mod checkpoint;
 pub mod dtype;
 pub mod error;
+pub mod exec;
 pub mod gguf;
+pub mod merge;
 pub mod methods;
+pub mod output;
+pub mod plan;
+pub mod recipe;
+pub mod writer;
 
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -250,6 +250,12 @@ pub trait MergeMethod: Send + Sync {
     fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String>;
 }
 
+impl std::fmt::Debug for dyn MergeMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.info().name)
+    }
+}
+
 /// Every method smelt implements, in the order `smelt --help` lists them.
 pub fn all() -> &'static [&'static dyn MergeMethod] {
     &[

@@ -1,0 +1,124 @@
+//! `smelt inspect` and the text form of `smelt plan`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use merge_core::checkpoint::Checkpoint;
+use merge_core::exec;
+use merge_core::plan::Plan;
+
+use crate::progress::human;
+
+/// Prints every tensor of a checkpoint and totals.
+pub fn inspect(path: &Path) -> Result<()> {
+    let ck = Checkpoint::open(path, &path.display().to_string())?;
+    println!(
+        "{}: {} tensors in {} file(s)",
+        path.display(),
+        ck.tensors.len(),
+        ck.files.len()
+    );
+    if let Some(arch) = ck
+        .config
+        .as_ref()
+        .and_then(|c| c.get("architectures"))
+        .and_then(|a| a.get(0))
+    {
+        println!("architecture: {}", arch.as_str().unwrap_or("?"));
+    }
+    let w = ck.tensors.keys().map(|k| k.len()).max().unwrap_or(0);
+    let mut params = 0usize;
+    for (name, t) in &ck.tensors {
+        params += t.numel();
+        println!(
+            "  {name:<w$}  {:<5} {:<18} {}",
+            t.dtype.to_string(),
+            format!("{:?}", t.shape),
+            human(t.range.len() as u64)
+        );
+    }
+    println!("total: {params} parameters, {}", human(ck.data_bytes()));
+    Ok(())
+}
+
+/// Prints a plan.
+pub fn print_plan(p: &Plan, all: bool) {
+    let info = p.method.info();
+    println!("method: {} ({})", info.name, info.pretty_name);
+    println!(
+        "architecture: {}, {} output layers",
+        p.arch.name, p.num_layers
+    );
+    for (i, m) in p.models.iter().enumerate() {
+        let role = if Some(i) == p.base { " [base]" } else { "" };
+        let donor = if Some(i) == p.donor {
+            " [config/tokenizer donor]"
+        } else {
+            ""
+        };
+        println!(
+            "model {i}: {} -> {}{role}{donor}",
+            m.reference,
+            m.path.display()
+        );
+    }
+    println!("tensors: {}", p.tensors.len());
+    let shown = if all {
+        p.tensors.len()
+    } else {
+        p.tensors.len().min(12)
+    };
+    for t in &p.tensors[..shown] {
+        let srcs: Vec<String> = t
+            .sources
+            .iter()
+            .map(|s| {
+                let params: Vec<String> =
+                    s.params.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let base = if s.is_base { "*" } else { "" };
+                if params.is_empty() {
+                    format!("{base}m{}:{}", s.model, s.tensor)
+                } else {
+                    format!("{base}m{}:{}({})", s.model, s.tensor, params.join(","))
+                }
+            })
+            .collect();
+        let global: Vec<String> = t.global.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "  {} {:?} {}->{} [{}] {}",
+            t.name,
+            t.shape,
+            t.math,
+            t.out_dtype,
+            global.join(","),
+            srcs.join(" ")
+        );
+    }
+    if shown < p.tensors.len() {
+        println!("  ... {} more (use --all)", p.tensors.len() - shown);
+    }
+    let peak = p
+        .tensors
+        .iter()
+        .map(|t| exec::tensor_cost(p, t, 1))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "shards: {}",
+        p.shards
+            .iter()
+            .map(|s| format!("{} ({} tensors)", s.file, s.tensors.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "reads {} of input tensors, writes {}",
+        human(p.input_bytes()),
+        human(p.output_bytes())
+    );
+    println!(
+        "largest single-tensor working set: {} (the run holds at most --memory-budget, default 1 GiB, plus one such tensor)",
+        human(peak)
+    );
+    println!("seed: {}", p.seed);
+}

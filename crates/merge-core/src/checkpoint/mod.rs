@@ -1,0 +1,226 @@
+//! Checkpoints: model folders, bare `.safetensors` files and hub ids found offline in the local
+//! Hugging Face cache, memory-mapped read-only with every header validated.
+//!
+//! A [`Checkpoint`] holds the mapped files, a name → [`TensorInfo`] index (absolute byte ranges
+//! into the maps) and the model's `config.json`. Tensor data is read on demand with
+//! [`Checkpoint::read_f32`], chunk by chunk, so memory is bounded by what the caller asks for.
+
+pub mod hub;
+mod safetensors;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// Where one tensor lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Element type.
+    pub dtype: DType,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    /// Index into [`Checkpoint::files`].
+    pub file: usize,
+    /// Absolute byte range inside that file.
+    pub range: Range<usize>,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A memory-mapped, read-only input file.
+#[derive(Debug)]
+pub struct MappedFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its read-only map.
+    pub map: Mmap,
+}
+
+/// An opened model.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The reference as written (for messages).
+    pub name: String,
+    /// Folder holding config and tokenizer files (`None` for a bare weights file).
+    pub dir: Option<PathBuf>,
+    /// Weight files, mapped.
+    pub files: Vec<MappedFile>,
+    /// Every tensor by name.
+    pub tensors: BTreeMap<String, TensorInfo>,
+    /// Parsed `config.json`, if the folder has one.
+    pub config: Option<serde_json::Value>,
+}
+
+/// Maps `path` read-only.
+pub fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only; inputs are never written by smelt. Another process
+    // truncating the file while we read it is outside what any mmap-based reader can guard
+    // against (it would raise SIGBUS), as with every safetensors loader.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+impl Checkpoint {
+    /// Opens a model folder (single `model.safetensors` or sharded with
+    /// `model.safetensors.index.json`) or a bare `.safetensors` file.
+    pub fn open(path: &Path, name: &str) -> Result<Checkpoint> {
+        if path.is_file() {
+            let mut ck = Checkpoint {
+                name: name.to_string(),
+                dir: None,
+                files: Vec::new(),
+                tensors: BTreeMap::new(),
+                config: None,
+            };
+            ck.add_safetensors(path)?;
+            return Ok(ck);
+        }
+        if !path.is_dir() {
+            return Err(Error::ModelNotFound {
+                reference: name.to_string(),
+                reason: format!("{} does not exist", path.display()),
+            });
+        }
+        let config_path = path.join("config.json");
+        let config = if config_path.is_file() {
+            let text =
+                std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::bad_checkpoint(&config_path, e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let mut ck = Checkpoint {
+            name: name.to_string(),
+            dir: Some(path.to_path_buf()),
+            files: Vec::new(),
+            tensors: BTreeMap::new(),
+            config,
+        };
+        let single = path.join("model.safetensors");
+        let index = path.join("model.safetensors.index.json");
+        if index.is_file() {
+            for shard in read_index_shards(&index)? {
+                ck.add_safetensors(&path.join(shard))?;
+            }
+        } else if single.is_file() {
+            ck.add_safetensors(&single)?;
+        } else {
+            let bin = ["pytorch_model.bin", "pytorch_model.bin.index.json"]
+                .iter()
+                .any(|f| path.join(f).is_file());
+            return Err(Error::ModelNotFound {
+                reference: name.to_string(),
+                reason: if bin {
+                    format!(
+                        "{} holds PyTorch .bin weights, which are not supported yet; convert them to safetensors",
+                        path.display()
+                    )
+                } else {
+                    format!(
+                        "{} has no model.safetensors or model.safetensors.index.json",
+                        path.display()
+                    )
+                },
+            });
+        }
+        Ok(ck)
+    }
+
+    fn add_safetensors(&mut self, path: &Path) -> Result<()> {
+        let map = map_file(path)?;
+        let file = self.files.len();
+        for (tname, info) in safetensors::read_header(&map, path)? {
+            if self.tensors.contains_key(&tname) {
+                return Err(Error::bad_checkpoint(
+                    path,
+                    format!("tensor `{tname}` appears in more than one shard"),
+                ));
+            }
+            self.tensors.insert(tname, TensorInfo { file, ..info });
+        }
+        self.files.push(MappedFile {
+            path: path.to_path_buf(),
+            map,
+        });
+        Ok(())
+    }
+
+    /// The raw bytes of a tensor.
+    pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
+        &self.files[t.file].map[t.range.clone()]
+    }
+
+    /// The path of the file a tensor lives in.
+    pub fn file_of(&self, t: &TensorInfo) -> &Path {
+        &self.files[t.file].path
+    }
+
+    /// Decodes elements `elems` of a float tensor into `out` as `f32`.
+    pub fn read_f32(&self, t: &TensorInfo, elems: Range<usize>, out: &mut [f32]) {
+        let sz = t.dtype.size();
+        let bytes = &self.bytes(t)[elems.start * sz..elems.end * sz];
+        t.dtype.decode_f32(bytes, out);
+    }
+
+    /// The number of layers: `num_hidden_layers` (or `n_layer`, `num_layers`) from config.json,
+    /// else one more than the largest `.N.` index in the tensor names.
+    pub fn num_layers(&self, key: Option<&str>) -> Option<usize> {
+        if let (Some(cfg), Some(k)) = (&self.config, key)
+            && let Some(n) = json_path(cfg, k).and_then(|v| v.as_u64())
+        {
+            return Some(n as usize);
+        }
+        crate::arch::max_layer_index(self.tensors.keys().map(|s| s.as_str())).map(|m| m + 1)
+    }
+
+    /// Total bytes of tensor data.
+    pub fn data_bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.range.len() as u64).sum()
+    }
+}
+
+/// Looks up a dotted path (`text_config.num_hidden_layers`) in a JSON object.
+pub fn json_path<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(v, |cur, k| cur.get(k))
+}
+
+fn read_index_shards(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::bad_checkpoint(index, e.to_string()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::bad_checkpoint(index, "no `weight_map` object"))?;
+    let mut shards: Vec<String> = Vec::new();
+    for (k, f) in map {
+        let f = f.as_str().ok_or_else(|| {
+            Error::bad_checkpoint(index, format!("weight_map entry `{k}` is not a string"))
+        })?;
+        if f.contains('/') || f.contains('\\') || f == ".." {
+            return Err(Error::bad_checkpoint(
+                index,
+                format!("shard name `{f}` is not a plain file name"),
+            ));
+        }
+        if !shards.iter().any(|s| s == f) {
+            shards.push(f.to_string());
+        }
+    }
+    shards.sort();
+    Ok(shards)
+}

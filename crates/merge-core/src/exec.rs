@@ -1,0 +1,284 @@
+//! The executor: runs a [`Plan`] on a rayon pool under a memory budget, deciding *when* each
+//! tensor is computed. Results go to a [`TensorSink`] at positions fixed by the plan, so the
+//! bytes written never depend on the thread count or on completion order.
+//!
+//! Elementwise methods stream a tensor in chunks of [`CHUNK`] elements (memory per tensor:
+//! chunks in flight × inputs); other methods hold the whole tensor of every input as `f32`.
+//! A tensor is admitted only while the estimated bytes of all tensors in flight stay within
+//! the budget (a tensor larger than the budget runs alone).
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::checkpoint::TensorInfo;
+use crate::error::{Error, Result};
+use crate::methods::{Input, MergeCtx};
+use crate::plan::{Plan, PlannedTensor};
+
+/// Elements per streamed chunk of an elementwise merge.
+pub const CHUNK: usize = 1 << 18;
+
+/// Where merged tensors go.
+pub trait TensorSink: Sync {
+    /// Receives merged values `values` of tensor `tensor` (index into `plan.tensors`)
+    /// starting at element `offset`. Called from several threads, for disjoint ranges.
+    fn write_f32(&self, tensor: usize, offset: usize, values: &[f32]) -> Result<()>;
+    /// Receives the raw bytes of a pass-through tensor (non-float dtypes).
+    fn write_raw(&self, tensor: usize, bytes: &[u8]) -> Result<()>;
+    /// Row length (elements) that chunks of `tensor` must be a multiple of (1: any).
+    fn chunk_multiple(&self, _tensor: usize) -> usize {
+        1
+    }
+}
+
+/// A progress report.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Tensors finished.
+    pub tensors_done: usize,
+    /// Tensors in the plan.
+    pub tensors_total: usize,
+    /// Input bytes consumed so far.
+    pub bytes_done: u64,
+    /// Input bytes the plan reads.
+    pub bytes_total: u64,
+    /// Time since the start.
+    pub elapsed: Duration,
+}
+
+/// How to execute.
+pub struct ExecOptions<'a> {
+    /// Worker threads (0: all cores).
+    pub threads: usize,
+    /// Bytes of working memory the tensors in flight may hold.
+    pub memory_budget: u64,
+    /// Called after each tensor (from worker threads).
+    pub progress: Option<&'a (dyn Fn(&Progress) + Sync)>,
+}
+
+impl Default for ExecOptions<'_> {
+    fn default() -> Self {
+        ExecOptions {
+            threads: 0,
+            memory_budget: DEFAULT_BUDGET,
+            progress: None,
+        }
+    }
+}
+
+/// The default memory budget: 1 GiB.
+pub const DEFAULT_BUDGET: u64 = 1 << 30;
+
+struct Budget {
+    free: Mutex<u64>,
+    cv: Condvar,
+    total: u64,
+}
+
+impl Budget {
+    fn acquire(&self, want: u64) -> u64 {
+        let want = want.min(self.total);
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free < want {
+            free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= want;
+        want
+    }
+    fn release(&self, n: u64) {
+        *self.free.lock().unwrap_or_else(|e| e.into_inner()) += n;
+        self.cv.notify_all();
+    }
+}
+
+/// Estimated working bytes of one tensor.
+pub fn tensor_cost(plan: &Plan, t: &PlannedTensor, threads: usize) -> u64 {
+    let n = t.numel() as u64;
+    let k = t.sources.len() as u64;
+    if t.raw_copy {
+        return 0;
+    }
+    if plan.method.info().elementwise {
+        let live = n.min((CHUNK * threads) as u64);
+        live * 4 * (k + 1) + live * t.out_dtype.size() as u64
+    } else {
+        n * 4 * (k + 2) + n * t.out_dtype.size() as u64
+    }
+}
+
+/// Runs every tensor of `plan` into `sink`.
+pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| Error::Plan(format!("cannot start worker threads: {e}")))?;
+    let threads = pool.current_num_threads();
+    let budget = Budget {
+        free: Mutex::new(opts.memory_budget),
+        cv: Condvar::new(),
+        total: opts.memory_budget,
+    };
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
+    let done = AtomicUsize::new(0);
+    let bytes_done = AtomicU64::new(0);
+    let bytes_total = plan.input_bytes();
+    let start = Instant::now();
+    pool.in_place_scope(|scope| {
+        for (i, t) in plan.tensors.iter().enumerate() {
+            if failed.load(Ordering::SeqCst) {
+                break;
+            }
+            let held = budget.acquire(tensor_cost(plan, t, threads));
+            let (budget, failed, first_error, done, bytes_done) =
+                (&budget, &failed, &first_error, &done, &bytes_done);
+            scope.spawn(move |_| {
+                let r = if failed.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    run_tensor(plan, i, sink)
+                };
+                budget.release(held);
+                match r {
+                    Ok(()) => {
+                        let read: u64 = t
+                            .sources
+                            .iter()
+                            .map(|s| plan.source_info(s).range.len() as u64)
+                            .sum();
+                        let b = bytes_done.fetch_add(read, Ordering::SeqCst) + read;
+                        let d = done.fetch_add(1, Ordering::SeqCst) + 1;
+                        if let Some(p) = opts.progress {
+                            p(&Progress {
+                                tensors_done: d,
+                                tensors_total: plan.tensors.len(),
+                                bytes_done: b,
+                                bytes_total,
+                                elapsed: start.elapsed(),
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        failed.store(true, Ordering::SeqCst);
+                        let mut slot = first_error.lock().unwrap_or_else(|e| e.into_inner());
+                        // keep the error of the earliest tensor, so messages are deterministic
+                        if slot.as_ref().is_none_or(|(j, _)| i < *j) {
+                            *slot = Some((i, e));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Reads elements `range` (in output coordinates) of a source into `out` as `f32`, cropping
+/// a larger 2-D source to the output's shape.
+fn read_source(
+    plan: &Plan,
+    info: &TensorInfo,
+    model: usize,
+    out_shape: &[usize],
+    range: Range<usize>,
+    out: &mut [f32],
+) {
+    let ck = &plan.models[model].checkpoint;
+    if info.shape == out_shape {
+        ck.read_f32(info, range, out);
+        return;
+    }
+    // cropped 2-D: output row r, column c comes from source row r, column c
+    let (ocols, scols) = (out_shape[1], info.shape[1]);
+    let mut pos = range.start;
+    let mut o = 0;
+    while pos < range.end {
+        let (r, c) = (pos / ocols, pos % ocols);
+        let n = (ocols - c).min(range.end - pos);
+        let s = r * scols + c;
+        ck.read_f32(info, s..s + n, &mut out[o..o + n]);
+        pos += n;
+        o += n;
+    }
+}
+
+fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
+    let t = &plan.tensors[ti];
+    if t.raw_copy {
+        let s = &t.sources[0];
+        let info = plan.source_info(s);
+        return sink.write_raw(ti, plan.models[s.model].checkpoint.bytes(info));
+    }
+    let numel = t.numel();
+    let infos: Vec<&TensorInfo> = t.sources.iter().map(|s| plan.source_info(s)).collect();
+    let names: Vec<String> = t
+        .sources
+        .iter()
+        .map(|s| plan.models[s.model].reference.to_string())
+        .collect();
+    let merge = |range: Range<usize>| -> Result<Vec<f32>> {
+        let len = range.len();
+        let mut bufs: Vec<Vec<f32>> = Vec::with_capacity(t.sources.len());
+        for (s, info) in t.sources.iter().zip(&infos) {
+            let mut b = vec![0f32; len];
+            read_source(plan, info, s.model, &t.shape, range.clone(), &mut b);
+            if info.dtype != t.math {
+                t.math.round_slice(&mut b);
+            }
+            bufs.push(b);
+        }
+        let inputs: Vec<Input> = t
+            .sources
+            .iter()
+            .zip(&bufs)
+            .zip(&names)
+            .map(|((s, b), n)| Input {
+                data: b,
+                is_base: s.is_base,
+                params: &s.params,
+                model: n,
+            })
+            .collect();
+        let ctx = MergeCtx {
+            tensor: &t.name,
+            shape: &t.shape,
+            offset: range.start,
+            inputs: &inputs,
+            global: &t.global,
+            math: t.math,
+            seed: plan.seed,
+            is_embed: t.is_embed,
+        };
+        let mut out = vec![0f32; len];
+        plan.method
+            .merge(&ctx, &mut out)
+            .map_err(|reason| Error::Method {
+                method: plan.method.info().name.to_string(),
+                tensor: t.name.clone(),
+                reason,
+            })?;
+        Ok(out)
+    };
+    let multiple = sink.chunk_multiple(ti).max(1);
+    let chunk = (CHUNK / multiple).max(1) * multiple;
+    if plan.method.info().elementwise && numel > chunk {
+        let chunks = numel.div_ceil(chunk);
+        (0..chunks).into_par_iter().try_for_each(|c| {
+            let r = c * chunk..((c + 1) * chunk).min(numel);
+            let out = merge(r.clone())?;
+            sink.write_f32(ti, r.start, &out)
+        })
+    } else {
+        let out = merge(0..numel)?;
+        out.par_chunks(chunk)
+            .enumerate()
+            .try_for_each(|(c, vals)| sink.write_f32(ti, c * chunk, vals))
+    }
+}
