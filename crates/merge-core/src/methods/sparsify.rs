@@ -184,29 +184,36 @@ impl TopSet {
 
 const BINS: usize = 1 << 16;
 
-fn histogram<V: Values + ?Sized>(v: &V, bin: impl Fn(u32) -> Option<usize> + Sync) -> Vec<u64> {
+/// Counts `bin(key)` over all elements, and ORs together the low 16 bits of every key (zero
+/// when all values are bf16, which makes the second radix pass unnecessary).
+fn histogram<V: Values + ?Sized>(
+    v: &V,
+    bin: impl Fn(u32) -> Option<usize> + Sync,
+) -> (Vec<u64>, u32) {
     let n = v.numel();
     (0..n.div_ceil(CHUNK))
         .into_par_iter()
         .fold(
-            || vec![0u64; BINS],
-            |mut h, c| {
+            || (vec![0u64; BINS], 0u32),
+            |(mut h, mut low), c| {
                 for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                    if let Some(b) = bin(magnitude_key(v.at(i))) {
+                    let key = magnitude_key(v.at(i));
+                    low |= key & 0xffff;
+                    if let Some(b) = bin(key) {
                         h[b] += 1;
                     }
                 }
-                h
+                (h, low)
             },
         )
-        // integer counts: the combination order cannot change the result
+        // integer counts and a bitwise OR: the combination order cannot change the result
         .reduce(
-            || vec![0u64; BINS],
-            |mut a, b| {
+            || (vec![0u64; BINS], 0u32),
+            |(mut a, la), (b, lb)| {
                 for (x, y) in a.iter_mut().zip(b) {
                     *x += y;
                 }
-                a
+                (a, la | lb)
             },
         )
 }
@@ -233,17 +240,23 @@ pub fn select_top<V: Values + ?Sized>(v: &V, k: usize) -> TopSet {
     if k >= n {
         return TopSet(TopKind::Everything);
     }
-    let h1 = histogram(v, |key| Some((key >> 16) as usize));
+    let (h1, low_bits) = histogram(v, |key| Some((key >> 16) as usize));
     let (hi, above1) = find_bin(&h1, k as u64);
     let need = k as u64 - above1;
     let hi32 = hi as u32;
-    let h2 = histogram(v, |key| {
-        (key >> 16 == hi32).then_some((key & 0xffff) as usize)
-    });
-    let (lo, above2) = find_bin(&h2, need);
+    let (lo, above2, tied) = if low_bits == 0 {
+        // every key is a bf16 pattern: the bin is the value
+        (0, 0, h1[hi])
+    } else {
+        let (h2, _) = histogram(v, |key| {
+            (key >> 16 == hi32).then_some((key & 0xffff) as usize)
+        });
+        let (lo, above2) = find_bin(&h2, need);
+        (lo, above2, h2[lo])
+    };
     let key = (hi32 << 16) | lo as u32;
     let ties_needed = need - above2;
-    if ties_needed == h2[lo] {
+    if ties_needed == tied {
         return TopSet(TopKind::Threshold {
             key,
             ties: Ties::All,
@@ -288,17 +301,8 @@ pub enum Mask {
         /// The `top` highest-priority elements (the outliers).
         drop: TopSet,
     },
-    /// Each element independently with probability `p` (`uniform < p`).
-    Bernoulli {
-        /// The tensor's random key.
-        key: RngKey,
-        /// The model index the draws are keyed by.
-        model: u32,
-        /// Element index of the slice's first element in the whole tensor.
-        offset: usize,
-        /// Keep probability (already rounded to the work dtype).
-        p: f32,
-    },
+    /// A packed bit mask: element `i` is kept when bit `i % 64` of word `i / 64` is set.
+    Bits(Vec<u64>),
     /// An explicit per-element mask.
     Explicit(Vec<bool>),
 }
@@ -312,8 +316,8 @@ pub enum MaskCursor<'a> {
     Top(TopCursor),
     /// Band membership (keep, drop).
     Band(TopCursor, TopCursor),
-    /// Bernoulli draw.
-    Bernoulli(&'a RngKey, u32, u64, f32),
+    /// Packed bits.
+    Bits(&'a [u64]),
     /// Explicit mask.
     Explicit(&'a [bool]),
 }
@@ -326,12 +330,7 @@ impl Mask {
             Mask::Nothing => MaskCursor::Const(false),
             Mask::Top(t) => MaskCursor::Top(t.cursor(chunk)),
             Mask::Band { keep, drop } => MaskCursor::Band(keep.cursor(chunk), drop.cursor(chunk)),
-            Mask::Bernoulli {
-                key,
-                model,
-                offset,
-                p,
-            } => MaskCursor::Bernoulli(key, *model, *offset as u64, *p),
+            Mask::Bits(b) => MaskCursor::Bits(b),
             Mask::Explicit(m) => MaskCursor::Explicit(m),
         }
     }
@@ -367,7 +366,7 @@ impl MaskCursor<'_> {
                 let b = d.contains(key);
                 a && !b
             }
-            MaskCursor::Bernoulli(rk, model, off, p) => rk.uniform(*model, *off + i as u64) < *p,
+            MaskCursor::Bits(b) => (b[i >> 6] >> (i & 63)) & 1 != 0,
             MaskCursor::Explicit(m) => m[i],
         }
     }
@@ -422,22 +421,47 @@ pub fn magnitude_outliers<V: Values + ?Sized>(
     })
 }
 
-/// DARE: keeps each element independently with probability `density` (rounded to the work
-/// dtype), drawn from `key` for model `model`; `offset` is the slice's first element index.
-pub fn bernoulli(density: f64, work: DType, key: RngKey, model: u32, offset: usize) -> Mask {
+/// The keep probability of DARE: `density` as `torch.full_like(..., dtype=work)` holds it.
+pub fn bernoulli_probability(density: f64, work: DType) -> f32 {
+    round_scalar(work, density)
+}
+
+/// DARE: keeps each of `n` elements independently with probability `density` (rounded to the
+/// work dtype): element `i` survives when `key.uniform(model, offset + i) < p`. The draws are
+/// made once, in parallel over fixed chunks, into a packed bit mask.
+pub fn bernoulli(
+    n: usize,
+    density: f64,
+    work: DType,
+    key: RngKey,
+    model: u32,
+    offset: usize,
+) -> Mask {
     if density >= 1.0 {
         return Mask::All;
     }
-    let p = round_scalar(work, density);
+    let p = bernoulli_probability(density, work);
     if p <= 0.0 {
         return Mask::Nothing;
     }
-    Mask::Bernoulli {
-        key,
-        model,
-        offset,
-        p,
-    }
+    let mut words = vec![0u64; n.div_ceil(64)];
+    words
+        .par_chunks_mut(CHUNK / 64)
+        .enumerate()
+        .for_each(|(c, ws)| {
+            for (w, word) in ws.iter_mut().enumerate() {
+                let first = c * CHUNK + w * 64;
+                let mut bits = 0u64;
+                for b in 0..64.min(n - first) {
+                    let i = (offset + first + b) as u64;
+                    if key.uniform(model, i) < p {
+                        bits |= 1 << b;
+                    }
+                }
+                *word = bits;
+            }
+        });
+    Mask::Bits(words)
 }
 
 /// `torch.tensor(x, dtype)`: an f64 rounded once to `dtype` (f32 for non-half dtypes).
@@ -701,6 +725,27 @@ mod tests {
     }
 
     #[test]
+    fn select_top_bf16_values_with_ties() {
+        // bf16-representable values skip the second pass; ties still resolved by index
+        let v: Vec<f32> = (0..3000)
+            .map(|i| DType::BF16.round(((i % 7) as f32) * 0.3))
+            .collect();
+        for k in [1usize, 400, 429, 430, 2999] {
+            let mut order: Vec<usize> = (0..v.len()).collect();
+            order.sort_by(|&a, &b| v[b].abs().partial_cmp(&v[a].abs()).unwrap().then(a.cmp(&b)));
+            let mut want = vec![false; v.len()];
+            for &i in &order[..k] {
+                want[i] = true;
+            }
+            assert_eq!(
+                Mask::Top(select_top(&v[..], k)).to_vec(&v[..]),
+                want,
+                "k={k}"
+            );
+        }
+    }
+
+    #[test]
     fn magnitude_k_zero_keeps_nothing() {
         // divergence: mergekit asserts k > 0
         let d = [1.0f32, 2.0, 3.0];
@@ -803,14 +848,17 @@ mod tests {
         let n = 20_000;
         let v = vec![1.0f32; n];
         for density in [0.1, 0.53, 0.9] {
-            let m = bernoulli(density, DType::F32, RngKey::new(42, "x"), 1, 0);
+            let m = bernoulli(n, density, DType::F32, RngKey::new(42, "x"), 1, 0);
             let frac = m.to_vec(&v[..]).iter().filter(|k| **k).count() as f64 / n as f64;
             assert!((frac - density).abs() < 0.01, "{density}: {frac}");
         }
         // bf16 work dtype rounds the probability: 0.53 → 0.53125
-        match bernoulli(0.53, DType::BF16, RngKey::new(42, "x"), 1, 0) {
-            Mask::Bernoulli { p, .. } => assert_eq!(p, 0.53125),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(bernoulli_probability(0.53, DType::BF16), 0.53125);
+        // the packed mask is the element-wise draw
+        let key = RngKey::new(3, "y");
+        let m = bernoulli(1000, 0.5, DType::F32, key, 2, 77);
+        let v = vec![1.0f32; 1000];
+        let want: Vec<bool> = (0..1000).map(|i| key.uniform(2, 77 + i) < 0.5).collect();
+        assert_eq!(m.to_vec(&v[..]), want);
     }
 }

@@ -119,7 +119,7 @@ pub fn merge(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), Stri
             }
             Sparsification::Random => {
                 let work = sparsify::random_work_dtype(m);
-                let mask = sparsify::bernoulli(density, work, rng, idx as u32, ctx.offset);
+                let mask = sparsify::bernoulli(n, density, work, rng, idx as u32, ctx.offset);
                 (mask, work)
             }
             Sparsification::DellaMagprune => {
