@@ -10,8 +10,6 @@
 //! negative values) exists in mergekit but no recipe can select it; it is provided for
 //! completeness.
 
-use crate::dtype::DType;
-
 /// How the majority sign is elected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consensus {
@@ -22,16 +20,16 @@ pub enum Consensus {
 }
 
 /// Elects the majority sign of one element's `values` (one per model, source order): `true`
-/// for `+`.
-#[inline]
-pub fn elect(mode: Consensus, values: &[f32], math: DType) -> bool {
+/// for `+`. `round` rounds to the math dtype.
+#[inline(always)]
+pub fn elect(mode: Consensus, values: &[f32], round: impl Fn(f32) -> f32) -> bool {
     match mode {
         Consensus::Sum => {
             let mut s = 0.0f32;
             for v in values {
                 s += v;
             }
-            math.round(s) >= 0.0
+            round(s) >= 0.0
         }
         Consensus::Count => {
             let mut c = 0i64;
@@ -56,23 +54,31 @@ pub fn agrees(v: f32, positive: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::DType;
+
+    fn f32r(x: f32) -> f32 {
+        x
+    }
+    fn bf16r(x: f32) -> f32 {
+        DType::BF16.round(x)
+    }
 
     #[test]
     fn sum_election() {
-        assert!(!elect(Consensus::Sum, &[-0.75, 0.0], DType::F32));
-        assert!(elect(Consensus::Sum, &[1.0, -1.0], DType::F32)); // zero sum → +
-        assert!(elect(Consensus::Sum, &[0.0, 0.0], DType::F32));
+        assert!(!elect(Consensus::Sum, &[-0.75, 0.0], f32r));
+        assert!(elect(Consensus::Sum, &[1.0, -1.0], f32r)); // zero sum → +
+        assert!(elect(Consensus::Sum, &[0.0, 0.0], f32r));
         // weights count: one large negative beats two small positives
-        assert!(!elect(Consensus::Sum, &[0.1, 0.1, -1.0], DType::F32));
+        assert!(!elect(Consensus::Sum, &[0.1, 0.1, -1.0], f32r));
         // count mode ignores magnitudes
-        assert!(elect(Consensus::Count, &[0.1, 0.1, -1.0], DType::F32));
+        assert!(elect(Consensus::Count, &[0.1, 0.1, -1.0], f32r));
     }
 
     #[test]
     fn underflow_to_negative_zero_elects_plus() {
         let tiny = -1e-45f32; // an f32 subnormal, below bf16's smallest subnormal
-        assert!(!elect(Consensus::Sum, &[tiny], DType::F32));
-        assert!(elect(Consensus::Sum, &[tiny], DType::BF16));
+        assert!(!elect(Consensus::Sum, &[tiny], f32r));
+        assert!(elect(Consensus::Sum, &[tiny], bf16r));
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod passthrough;
 pub mod ram;
 pub mod ramplus_tl;
 pub mod rng;
+pub mod round;
 pub mod sce;
 pub mod sparsify;
 pub mod task_arithmetic;

@@ -17,6 +17,7 @@
 //! with no non-base input is the base, returned as `f32` like every other `ramplus_tl` tensor
 //! (mergekit keeps the base dtype for it; the values are identical).
 
+use super::round::{Round, with_round};
 use super::sparsify::{CHUNK, round_scalar};
 use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use rayon::prelude::*;
@@ -51,6 +52,14 @@ pub fn merge_ram(
     out: &mut [f32],
     plus: Option<(f64, f64)>,
 ) -> Result<(), String> {
+    with_round!(ctx.math, R => ram_with::<R>(ctx, out, plus))
+}
+
+fn ram_with<R: Round>(
+    ctx: &MergeCtx<'_>,
+    out: &mut [f32],
+    plus: Option<(f64, f64)>,
+) -> Result<(), String> {
     let m = ctx.math;
     let base = ctx
         .base()
@@ -65,7 +74,7 @@ pub fn merge_ram(
     let nm = xs.len();
     let eps = ctx.global.get_or("epsilon", 1e-5);
     let eps_m = round_scalar(m, eps);
-    let tau = |i: usize, j: usize| m.round(xs[i][j] - base[j]);
+    let tau = |i: usize, j: usize| R::round(xs[i][j] - base[j]);
     let active = |t: f32| t.abs() > eps_m;
     let count = |j: usize| (0..nm).filter(|&i| active(tau(i, j))).count();
 
@@ -123,12 +132,12 @@ pub fn merge_ram(
                         None => t,
                     }
                 } else {
-                    m.round(t / cnt as f32)
+                    R::round(t / cnt as f32)
                 };
             }
             *o = match lambdas {
                 Some(_) => b + s,
-                None => m.round(b + m.round(s)),
+                None => R::round(b + R::round(s)),
             };
         }
     });

@@ -19,6 +19,7 @@
 //! order. Only the `f32` rounding of the sums over models can differ.
 
 use super::consensus::{self, Consensus};
+use super::round::{Round, with_round};
 use super::sparsify::{self, CHUNK, Mask, magnitude_key};
 use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use rayon::prelude::*;
@@ -46,122 +47,125 @@ impl MergeMethod for Sce {
     }
 
     fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
-        let m = ctx.math;
-        let base = ctx
-            .base()
-            .ok_or("sce needs a base model (set `base_model`)")?
-            .data;
-        let xs: Vec<&[f32]> = ctx.others().map(|i| i.data).collect();
-        let n = out.len();
-        if xs.is_empty() {
-            out.copy_from_slice(base);
-            return Ok(());
-        }
-        let nm = xs.len();
-        let topk = ctx.global.get_or("select_topk", 1.0);
-        let tau = |i: usize, j: usize| m.round(xs[i][j] - base[j]);
+        with_round!(ctx.math, R => sce_with::<R>(ctx, out))
+    }
+}
 
-        // 1. select: the k elements of largest variance across the task vectors
-        let (var, mask) = if topk >= 1.0 {
-            (Vec::new(), Mask::All)
-        } else if topk <= 0.0 {
-            (Vec::new(), Mask::Nothing)
-        } else {
-            let mut var = vec![0.0f32; n];
-            var.par_chunks_mut(CHUNK).enumerate().for_each(|(c, vc)| {
-                for (l, v) in vc.iter_mut().enumerate() {
-                    let j = c * CHUNK + l;
-                    let mean = (0..nm).map(|i| tau(i, j) as f64).sum::<f64>() / nm as f64;
-                    let s = (0..nm)
-                        .map(|i| {
-                            let d = tau(i, j) as f64 - mean;
-                            d * d
-                        })
-                        .sum::<f64>();
-                    *v = m.round((s / nm as f64) as f32);
-                }
-            });
-            let nonzero = var
-                .par_chunks(CHUNK)
-                .map(|c| c.iter().filter(|v| **v != 0.0).count())
-                .sum::<usize>();
-            // int(nonzero · select_topk), evaluated by PyTorch in float32
-            let k = ((nonzero as f32) * (topk as f32)) as i64;
-            if k <= 0 {
-                (Vec::new(), Mask::Nothing)
-            } else {
-                let top = sparsify::select_top(&var[..], k as usize);
-                (var, Mask::Top(top))
-            }
-        };
-        let var = &var;
-        let sel_key = |j: usize| var.get(j).map_or(0, |v| magnitude_key(*v));
+fn sce_with<R: Round>(ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
+    let base = ctx
+        .base()
+        .ok_or("sce needs a base model (set `base_model`)")?
+        .data;
+    let xs: Vec<&[f32]> = ctx.others().map(|i| i.data).collect();
+    let n = out.len();
+    if xs.is_empty() {
+        out.copy_from_slice(base);
+        return Ok(());
+    }
+    let nm = xs.len();
+    let topk = ctx.global.get_or("select_topk", 1.0);
+    let tau = |i: usize, j: usize| R::round(xs[i][j] - base[j]);
 
-        // 2. calculate: c_i = mean(τ_i'²), normalised to sum 1
-        let parts: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK))
-            .into_par_iter()
-            .map(|c| {
-                let mut cur = mask.cursor(c);
-                let mut acc = vec![0.0f64; nm];
-                for j in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                    if cur.keep(j, sel_key(j)) {
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            let t = tau(i, j);
-                            *a += m.round(t * t) as f64;
-                        }
-                    }
-                }
-                acc
-            })
-            .collect();
-        let mut sums = vec![0.0f64; nm];
-        for part in parts {
-            for (s, p) in sums.iter_mut().zip(part) {
-                *s += p;
-            }
-        }
-        let coeffs: Vec<f32> = sums
-            .iter()
-            .map(|s| m.round((s / n as f64) as f32))
-            .collect();
-        let mut total = 0.0f32;
-        for c in &coeffs {
-            total += c;
-        }
-        let total = m.round(total);
-        let weights: Vec<f32> = if (total as f64).abs() < 1e-6 {
-            vec![m.round(1.0 / nm as f32); nm]
-        } else {
-            coeffs.iter().map(|c| m.round(c / total)).collect()
-        };
-
-        // 3. erase and merge
-        let min_div = m.round(1e-6);
-        let weights = &weights;
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
-            let mut cur = mask.cursor(c);
-            let mut t = vec![0.0f32; nm];
-            for (l, o) in oc.iter_mut().enumerate() {
+    // 1. select: the k elements of largest variance across the task vectors
+    let (var, mask) = if topk >= 1.0 {
+        (Vec::new(), Mask::All)
+    } else if topk <= 0.0 {
+        (Vec::new(), Mask::Nothing)
+    } else {
+        let mut var = vec![0.0f32; n];
+        var.par_chunks_mut(CHUNK).enumerate().for_each(|(c, vc)| {
+            for (l, v) in vc.iter_mut().enumerate() {
                 let j = c * CHUNK + l;
-                let b = base[j];
-                let keep = cur.keep(j, sel_key(j));
-                for (i, ti) in t.iter_mut().enumerate() {
-                    *ti = if keep { tau(i, j) } else { 0.0 };
-                }
-                let positive = consensus::elect(Consensus::Sum, &t, m);
-                let (mut s, mut dv) = (0.0f32, 0.0f32);
-                for (ti, w) in t.iter().zip(weights) {
-                    if consensus::agrees(*ti, positive) {
-                        s += m.round(ti * w);
-                        dv += w;
-                    }
-                }
-                let dv = m.round(dv).max(min_div);
-                *o = m.round(b + m.round(m.round(s) / dv));
+                let mean = (0..nm).map(|i| tau(i, j) as f64).sum::<f64>() / nm as f64;
+                let s = (0..nm)
+                    .map(|i| {
+                        let d = tau(i, j) as f64 - mean;
+                        d * d
+                    })
+                    .sum::<f64>();
+                *v = R::round((s / nm as f64) as f32);
             }
         });
-        Ok(())
+        let nonzero = var
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().filter(|v| **v != 0.0).count())
+            .sum::<usize>();
+        // int(nonzero · select_topk), evaluated by PyTorch in float32
+        let k = ((nonzero as f32) * (topk as f32)) as i64;
+        if k <= 0 {
+            (Vec::new(), Mask::Nothing)
+        } else {
+            let top = sparsify::select_top(&var[..], k as usize);
+            (var, Mask::Top(top))
+        }
+    };
+    let var = &var;
+    let sel_key = |j: usize| var.get(j).map_or(0, |v| magnitude_key(*v));
+
+    // 2. calculate: c_i = mean(τ_i'²), normalised to sum 1
+    let parts: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let mut cur = mask.cursor(c);
+            let mut acc = vec![0.0f64; nm];
+            for j in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                if cur.keep(j, sel_key(j)) {
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let t = tau(i, j);
+                        *a += R::round(t * t) as f64;
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut sums = vec![0.0f64; nm];
+    for part in parts {
+        for (s, p) in sums.iter_mut().zip(part) {
+            *s += p;
+        }
     }
+    let coeffs: Vec<f32> = sums
+        .iter()
+        .map(|s| R::round((s / n as f64) as f32))
+        .collect();
+    let mut total = 0.0f32;
+    for c in &coeffs {
+        total += c;
+    }
+    let total = R::round(total);
+    let weights: Vec<f32> = if (total as f64).abs() < 1e-6 {
+        vec![R::round(1.0 / nm as f32); nm]
+    } else {
+        coeffs.iter().map(|c| R::round(c / total)).collect()
+    };
+
+    // 3. erase and merge
+    let min_div = R::round(1e-6);
+    let weights = &weights;
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
+        let mut cur = mask.cursor(c);
+        let mut t = vec![0.0f32; nm];
+        for (l, o) in oc.iter_mut().enumerate() {
+            let j = c * CHUNK + l;
+            let b = base[j];
+            let keep = cur.keep(j, sel_key(j));
+            for (i, ti) in t.iter_mut().enumerate() {
+                *ti = if keep { tau(i, j) } else { 0.0 };
+            }
+            let positive = consensus::elect(Consensus::Sum, &t, R::round);
+            let (mut s, mut dv) = (0.0f32, 0.0f32);
+            for (ti, w) in t.iter().zip(weights) {
+                if consensus::agrees(*ti, positive) {
+                    s += R::round(ti * w);
+                    dv += w;
+                }
+            }
+            let dv = R::round(dv).max(min_div);
+            *o = R::round(b + R::round(R::round(s) / dv));
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]

@@ -51,8 +51,10 @@
 
 use super::REDUCE_CHUNK;
 use super::rng::RngKey;
+use super::round::{Round, round_dyn};
 use crate::dtype::DType;
 use rayon::prelude::*;
+use std::marker::PhantomData;
 
 /// Fixed chunk length (elements) of the parallel passes and of [`Mask::cursor`].
 pub const CHUNK: usize = REDUCE_CHUNK;
@@ -75,24 +77,34 @@ impl Values for [f32] {
     }
 }
 
-/// A task vector `round(x − base)` computed on the fly in the math dtype.
+/// A task vector `round(x − base)` computed on the fly in the math dtype `R`.
 #[derive(Debug, Clone, Copy)]
-pub struct Delta<'a> {
+pub struct Delta<'a, R: Round> {
     /// The model's values.
     pub x: &'a [f32],
     /// The base model's values (same length).
     pub base: &'a [f32],
-    /// The math dtype the difference is rounded to.
-    pub math: DType,
+    _round: PhantomData<R>,
 }
 
-impl Values for Delta<'_> {
+impl<'a, R: Round> Delta<'a, R> {
+    /// The task vector `x − base`.
+    pub fn new(x: &'a [f32], base: &'a [f32]) -> Self {
+        Delta {
+            x,
+            base,
+            _round: PhantomData,
+        }
+    }
+}
+
+impl<R: Round> Values for Delta<'_, R> {
     fn numel(&self) -> usize {
         self.x.len()
     }
-    #[inline]
+    #[inline(always)]
     fn at(&self, i: usize) -> f32 {
-        self.math.round(self.x[i] - self.base[i])
+        R::round(self.x[i] - self.base[i])
     }
 }
 
@@ -581,9 +593,11 @@ pub fn l1_rescale<V: Values + ?Sized>(v: &V, mask: &Mask, work: DType) -> Option
                 let d = v.at(i);
                 let a = d.abs() as f64;
                 all += a;
-                if cur.keep(i, magnitude_key(d)) {
-                    kept += a;
-                }
+                kept += if cur.keep(i, magnitude_key(d)) {
+                    a
+                } else {
+                    0.0
+                };
             }
             (all, kept)
         })
@@ -601,24 +615,18 @@ pub fn l1_rescale<V: Values + ?Sized>(v: &V, mask: &Mask, work: DType) -> Option
 }
 
 /// One sparsified element: `d` if kept else 0, times the rescale factor (rounded to the work
-/// dtype, then to the math dtype) when there is one.
-#[inline]
-pub fn apply(d: f32, keep: bool, factor: Option<f32>, work: DType, math: DType) -> f32 {
+/// dtype, then to the math dtype `R`) when there is one.
+#[inline(always)]
+pub fn apply<R: Round>(d: f32, keep: bool, factor: Option<f32>, work: DType) -> f32 {
     let m = if keep { d } else { 0.0 };
     match factor {
-        Some(f) => math.round(work.round(m * f)),
+        Some(f) => R::round(round_dyn(work, m * f)),
         None => m,
     }
 }
 
 /// Sparsifies a whole slice with `mask` and optional L1 rescale (tests, small tensors).
-pub fn apply_slice(
-    delta: &[f32],
-    mask: &Mask,
-    rescale: bool,
-    work: DType,
-    math: DType,
-) -> Vec<f32> {
+pub fn apply_slice<R: Round>(delta: &[f32], mask: &Mask, rescale: bool, work: DType) -> Vec<f32> {
     let factor = if rescale {
         l1_rescale(delta, mask, work)
     } else {
@@ -627,7 +635,7 @@ pub fn apply_slice(
     mask.to_vec(delta)
         .into_iter()
         .zip(delta)
-        .map(|(k, d)| apply(*d, k, factor, work, math))
+        .map(|(k, d)| apply::<R>(*d, k, factor, work))
         .collect()
 }
 
@@ -649,10 +657,10 @@ mod tests {
         // §2.7: δ=[1,−2,3,−4], mask [1,0,1,0] → [2.5, 0, 7.5, 0]
         let d = [1.0f32, -2.0, 3.0, -4.0];
         let m = Mask::Explicit(vec![true, false, true, false]);
-        let out = apply_slice(&d, &m, true, DType::F32, DType::F32);
+        let out = apply_slice::<super::super::round::F32>(&d, &m, true, DType::F32);
         assert_eq!(out, vec![2.5, 0.0, 7.5, 0.0]);
         // without rescale: plain mask
-        let out = apply_slice(&d, &m, false, DType::F32, DType::F32);
+        let out = apply_slice::<super::super::round::F32>(&d, &m, false, DType::F32);
         assert_eq!(out, vec![1.0, 0.0, 3.0, 0.0]);
     }
 

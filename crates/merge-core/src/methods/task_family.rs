@@ -22,6 +22,7 @@
 
 use super::consensus::{self, Consensus};
 use super::rng::RngKey;
+use super::round::{Round, with_round};
 use super::sparsify::{self, CHUNK, Delta, Mask, magnitude_key, round_scalar};
 use super::{MergeCtx, ParamSpec};
 use crate::dtype::DType;
@@ -82,6 +83,10 @@ fn param(i: &super::Input, name: &str) -> Result<f64, String> {
 
 /// Runs the family member `f` on one tensor.
 pub fn merge(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
+    with_round!(ctx.math, R => merge_with::<R>(f, ctx, out))
+}
+
+fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
     let m = ctx.math;
     let base = ctx
         .base()
@@ -103,11 +108,7 @@ pub fn merge(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), Stri
         }
         let w = round_scalar(m, param(inp, "weight")?);
         let density = inp.params.get_or("density", 1.0);
-        let delta = Delta {
-            x: inp.data,
-            base,
-            math: m,
-        };
+        let delta = Delta::<R>::new(inp.data, base);
         let (mask, work) = match f.sparsification {
             Sparsification::None => (Mask::All, m),
             Sparsification::Magnitude => (sparsify::magnitude(&delta, density), m),
@@ -161,8 +162,8 @@ pub fn merge(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), Stri
         for p in &prepared {
             s += p.w;
         }
-        let d = m.round(s);
-        if d.abs() < m.round(1e-8) { 1.0 } else { d }
+        let d = R::round(s);
+        if d.abs() < R::round(1e-8) { 1.0 } else { d }
     };
     let lambda_f = (lambda != 1.0).then_some(lambda as f32);
     let consensus = f.consensus;
@@ -176,38 +177,37 @@ pub fn merge(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), Stri
             let j = start + l;
             let b = base[j];
             for ((p, cur), om) in prepared.iter().zip(&mut cursors).zip(&mut omega) {
-                let d = m.round(p.x[j] - b);
+                let d = R::round(p.x[j] - b);
                 let keep = cur.keep(j, magnitude_key(d));
-                let d = sparsify::apply(d, keep, p.factor, p.work, m);
-                *om = m.round(d * p.w);
+                let d = sparsify::apply::<R>(d, keep, p.factor, p.work);
+                *om = R::round(d * p.w);
             }
             let (mixed, divisor) = if consensus {
-                let positive = consensus::elect(Consensus::Sum, &omega, m);
+                let positive = consensus::elect(Consensus::Sum, &omega, R::round);
                 let (mut s, mut dv) = (0.0f32, 0.0f32);
                 for (p, om) in prepared.iter().zip(&omega) {
-                    if consensus::agrees(*om, positive) {
-                        s += om;
-                        dv += p.w;
-                    }
+                    let a = consensus::agrees(*om, positive);
+                    s += if a { *om } else { 0.0 };
+                    dv += if a { p.w } else { 0.0 };
                 }
-                let dv = m.round(dv);
-                (m.round(s), if dv == 0.0 { 1.0 } else { dv })
+                let dv = R::round(dv);
+                (R::round(s), if dv == 0.0 { 1.0 } else { dv })
             } else {
                 let mut s = 0.0f32;
                 for om in &omega {
                     s += om;
                 }
-                (m.round(s), plain_divisor)
+                (R::round(s), plain_divisor)
             };
             let mut mixed = if normalize {
-                m.round(mixed / divisor)
+                R::round(mixed / divisor)
             } else {
                 mixed
             };
             if let Some(l) = lambda_f {
-                mixed = m.round(mixed * l);
+                mixed = R::round(mixed * l);
             }
-            *o = m.round(b + mixed);
+            *o = R::round(b + mixed);
         }
     });
     Ok(())
@@ -274,5 +274,81 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert!(e.contains("weight") && e.contains("m1"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    //! Rough kernel timing (run with `--ignored --nocapture` in an optimised build).
+    use super::super::testutil::p;
+    use super::super::{Input, MergeCtx, MergeMethod, ParamValues};
+    use crate::dtype::DType;
+    use std::time::Instant;
+
+    fn time(
+        method: &dyn MergeMethod,
+        data: &[Vec<f32>],
+        params: &[ParamValues],
+        math: DType,
+    ) -> f64 {
+        let ins: Vec<Input> = data
+            .iter()
+            .zip(params)
+            .enumerate()
+            .map(|(k, (d, p))| Input {
+                data: d,
+                is_base: k == 0,
+                params: p,
+                model: "m",
+            })
+            .collect();
+        let n = data[0].len();
+        let shape = [n / 2048, 2048];
+        let global = p(&[]);
+        let ctx = MergeCtx {
+            tensor: "t",
+            shape: &shape,
+            offset: 0,
+            inputs: &ins,
+            global: &global,
+            math,
+            seed: 1,
+            is_embed: false,
+        };
+        let mut out = vec![0.0f32; n];
+        let t = Instant::now();
+        method.merge(&ctx, &mut out).unwrap();
+        t.elapsed().as_secs_f64()
+    }
+
+    #[test]
+    #[ignore]
+    fn kernel_timing() {
+        let n = 1 << 24;
+        let math = DType::BF16;
+        let data: Vec<Vec<f32>> = (0..4u32)
+            .map(|m| {
+                (0..n)
+                    .map(|i| math.round(((i as u32).wrapping_mul(2654435761) ^ m) as f32 * 1e-10))
+                    .collect()
+            })
+            .collect();
+        let params: Vec<ParamValues> = (0..4)
+            .map(|_| p(&[("weight", 0.3), ("density", 0.5), ("epsilon", 0.1)]))
+            .collect();
+        for (name, m) in [
+            ("linear", &super::super::linear::Linear as &dyn MergeMethod),
+            (
+                "task_arithmetic",
+                &super::super::task_arithmetic::TaskArithmetic,
+            ),
+            ("ties", &super::super::ties::Ties),
+            ("dare_ties", &super::super::dare_ties::DareTies),
+            ("della", &super::super::della::Della),
+            ("sce", &super::super::sce::Sce),
+        ] {
+            let s = time(m, &data, &params, math);
+            eprintln!("{name:>16}: {:.3} s for 4 × {n} elements", s);
+        }
     }
 }
