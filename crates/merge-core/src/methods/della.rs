@@ -101,4 +101,32 @@ mod tests {
         let kept = out.iter().filter(|v| **v != 0.0).count() as f64 / a.len() as f64;
         assert!((kept - 0.4).abs() < 0.01, "{kept}");
     }
+
+    #[test]
+    fn same_bits_at_any_thread_count() {
+        let n = 200_000;
+        let base = vec![0.5f32; n];
+        let a: Vec<f32> = (0..n)
+            .map(|i| 0.5 + ((i * 13 % 101) as f32 - 50.0) * 1e-3)
+            .collect();
+        let c: Vec<f32> = (0..n)
+            .map(|i| 0.5 + ((i * 7 % 89) as f32 - 44.0) * 1e-3)
+            .collect();
+        let models: [(&[f32], f64, f64); 2] = [(&a, 0.5, 0.4), (&c, 0.5, 0.6)];
+        let run_in = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| run_family(&Della, &base, &models, &[], DType::F32).unwrap())
+        };
+        let one = run_in(1);
+        let four = run_in(4);
+        assert!(
+            one.iter()
+                .zip(&four)
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        );
+        assert_ne!(one, base);
+    }
 }

@@ -102,4 +102,31 @@ mod tests {
         let b = run_family(&Ties, &base, &models, &[("int8_mask", 0.0)], DType::F32).unwrap();
         assert_eq!(a, b);
     }
+
+    #[test]
+    fn exact_k_and_same_bits_at_any_thread_count() {
+        // bf16 deltas with many equal magnitudes around the threshold, over several chunks
+        let n = 300_000;
+        let base = vec![0.0f32; n];
+        let a: Vec<f32> = (0..n)
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.125)
+            .collect();
+        let models: [(&[f32], f64, f64); 1] = [(&a, 1.0, 0.37)];
+        let run_in = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| run_family(&Ties, &base, &models, &[], DType::BF16).unwrap())
+        };
+        let one = run_in(1);
+        let four = run_in(4);
+        assert!(
+            one.iter()
+                .zip(&four)
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        );
+        let k = (0.37 * n as f64) as usize;
+        assert_eq!(one.iter().filter(|v| **v != 0.0).count(), k);
+    }
 }
