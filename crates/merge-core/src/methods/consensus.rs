@@ -46,9 +46,10 @@ pub fn elect(mode: Consensus, values: &[f32], round: impl Fn(f32) -> f32) -> boo
 }
 
 /// Whether `v` agrees with the elected sign (`positive`): `sign(v) == S`, so 0 never agrees.
-#[inline]
+#[inline(always)]
 pub fn agrees(v: f32, positive: bool) -> bool {
-    if positive { v > 0.0 } else { v < 0.0 }
+    // branch-free: the elected sign is a coin flip from element to element
+    ((v > 0.0) & positive) | ((v < 0.0) & !positive)
 }
 
 #[cfg(test)]

@@ -158,16 +158,13 @@ pub struct TopCursor {
 
 impl TopCursor {
     /// Whether the next element (with magnitude key `key`) is in the set.
-    #[inline]
+    #[inline(always)]
     pub fn contains(&mut self, key: u32) -> bool {
-        if key > self.key {
-            true
-        } else if key == self.key && self.ties_left > 0 {
-            self.ties_left -= 1;
-            true
-        } else {
-            false
-        }
+        // branch-free: around a density of 0.5 the comparison is a coin flip
+        let gt = key > self.key;
+        let tie = (key == self.key) & (self.ties_left > 0);
+        self.ties_left -= tie as u32;
+        gt | tie
     }
 }
 
@@ -466,9 +463,7 @@ pub fn bernoulli(
                 let mut bits = 0u64;
                 for b in 0..64.min(n - first) {
                     let i = (offset + first + b) as u64;
-                    if key.uniform(model, i) < p {
-                        bits |= 1 << b;
-                    }
+                    bits |= ((key.uniform(model, i) < p) as u64) << b;
                 }
                 *word = bits;
             }
@@ -593,11 +588,7 @@ pub fn l1_rescale<V: Values + ?Sized>(v: &V, mask: &Mask, work: DType) -> Option
                 let d = v.at(i);
                 let a = d.abs() as f64;
                 all += a;
-                kept += if cur.keep(i, magnitude_key(d)) {
-                    a
-                } else {
-                    0.0
-                };
+                kept += select_f64(cur.keep(i, magnitude_key(d)), a);
             }
             (all, kept)
         })
@@ -605,6 +596,23 @@ pub fn l1_rescale<V: Values + ?Sized>(v: &V, mask: &Mask, work: DType) -> Option
     let (all, kept) = parts
         .into_iter()
         .fold((0.0, 0.0), |(a, k), (x, y)| (a + x, k + y));
+    l1_factor(all, kept, work)
+}
+
+/// `x` if `keep` else +0, without a branch (masks are coin flips near a density of 0.5).
+#[inline(always)]
+pub fn select_f32(keep: bool, x: f32) -> f32 {
+    f32::from_bits(x.to_bits() & 0u32.wrapping_sub(keep as u32))
+}
+
+/// `x` if `keep` else +0, without a branch.
+#[inline(always)]
+fn select_f64(keep: bool, x: f64) -> f64 {
+    f64::from_bits(x.to_bits() & 0u64.wrapping_sub(keep as u64))
+}
+
+/// The rescale factor from the two L1 norms (exact sums, rounded here to `work`).
+fn l1_factor(all: f64, kept: f64, work: DType) -> Option<f32> {
     let before = work.round(all as f32);
     let after = work.round(kept as f32);
     let eps = work.round(1e-7);
@@ -618,7 +626,7 @@ pub fn l1_rescale<V: Values + ?Sized>(v: &V, mask: &Mask, work: DType) -> Option
 /// dtype, then to the math dtype `R`) when there is one.
 #[inline(always)]
 pub fn apply<R: Round>(d: f32, keep: bool, factor: Option<f32>, work: DType) -> f32 {
-    let m = if keep { d } else { 0.0 };
+    let m = select_f32(keep, d);
     match factor {
         Some(f) => R::round(round_dyn(work, m * f)),
         None => m,

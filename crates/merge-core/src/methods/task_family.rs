@@ -187,8 +187,8 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
                 let (mut s, mut dv) = (0.0f32, 0.0f32);
                 for (p, om) in prepared.iter().zip(&omega) {
                     let a = consensus::agrees(*om, positive);
-                    s += if a { *om } else { 0.0 };
-                    dv += if a { p.w } else { 0.0 };
+                    s += sparsify::select_f32(a, *om);
+                    dv += sparsify::select_f32(a, p.w);
                 }
                 let dv = R::round(dv);
                 (R::round(s), if dv == 0.0 { 1.0 } else { dv })
