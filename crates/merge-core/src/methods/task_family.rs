@@ -169,45 +169,77 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
     let consensus = f.consensus;
     let prepared = &prepared;
 
+    // The final pass works chunk by chunk in model-major order: first each model's weighted
+    // sparsified deltas for the whole chunk, then the combination across models. Every loop
+    // is a plain element-wise loop the compiler can vectorise; the per-element arithmetic and
+    // the model order of every sum are those described in the module docs.
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
         let start = c * CHUNK;
-        let mut cursors: Vec<_> = prepared.iter().map(|p| p.mask.cursor(c)).collect();
-        let mut omega = vec![0.0f32; prepared.len()];
-        for (l, o) in oc.iter_mut().enumerate() {
-            let j = start + l;
-            let b = base[j];
-            for ((p, cur), om) in prepared.iter().zip(&mut cursors).zip(&mut omega) {
-                let d = R::round(p.x[j] - b);
-                let keep = cur.keep(j, magnitude_key(d));
-                let d = sparsify::apply::<R>(d, keep, p.factor, p.work);
-                *om = R::round(d * p.w);
+        let len = oc.len();
+        let bs = &base[start..start + len];
+        let mut om = vec![0.0f32; prepared.len() * len];
+        for (p, dst) in prepared.iter().zip(om.chunks_exact_mut(len)) {
+            for ((d, x), b) in dst.iter_mut().zip(&p.x[start..start + len]).zip(bs) {
+                *d = R::round(x - b);
             }
-            let (mixed, divisor) = if consensus {
-                let positive = consensus::elect(Consensus::Sum, &omega, R::round);
-                let (mut s, mut dv) = (0.0f32, 0.0f32);
-                for (p, om) in prepared.iter().zip(&omega) {
-                    let a = consensus::agrees(*om, positive);
-                    s += sparsify::select_f32(a, *om);
-                    dv += sparsify::select_f32(a, p.w);
+            if !p.mask.is_all() {
+                let mut cur = p.mask.cursor(c);
+                for (l, d) in dst.iter_mut().enumerate() {
+                    let keep = cur.keep(start + l, magnitude_key(*d));
+                    *d = sparsify::select_f32(keep, *d);
                 }
-                let dv = R::round(dv);
-                (R::round(s), if dv == 0.0 { 1.0 } else { dv })
-            } else {
-                let mut s = 0.0f32;
-                for om in &omega {
-                    s += om;
-                }
-                (R::round(s), plain_divisor)
-            };
-            let mut mixed = if normalize {
-                R::round(mixed / divisor)
-            } else {
-                mixed
-            };
-            if let Some(l) = lambda_f {
-                mixed = R::round(mixed * l);
             }
-            *o = R::round(b + mixed);
+            if let Some(f) = p.factor {
+                // the work dtype is the math dtype or f32: one rounding to the math dtype
+                for d in dst.iter_mut() {
+                    *d = sparsify::apply::<R>(*d, true, Some(f), p.work);
+                }
+            }
+            let w = p.w;
+            for d in dst.iter_mut() {
+                *d = R::round(*d * w);
+            }
+        }
+        let mut mixed = vec![0.0f32; len];
+        let mut divisor = Vec::new();
+        for src in om.chunks_exact(len) {
+            for (s, o) in mixed.iter_mut().zip(src) {
+                *s += o;
+            }
+        }
+        if consensus {
+            // `mixed` holds Σ ω: elect, then sum the agreeing values and weights
+            let positive: Vec<bool> = mixed
+                .iter()
+                .map(|s| consensus::elect(Consensus::Sum, &[*s], R::round))
+                .collect();
+            mixed.iter_mut().for_each(|s| *s = 0.0);
+            divisor = vec![0.0f32; len];
+            for (p, src) in prepared.iter().zip(om.chunks_exact(len)) {
+                let w = p.w;
+                for (((s, dv), o), pos) in
+                    mixed.iter_mut().zip(&mut divisor).zip(src).zip(&positive)
+                {
+                    let a = consensus::agrees(*o, *pos);
+                    *s += sparsify::select_f32(a, *o);
+                    *dv += sparsify::select_f32(a, w);
+                }
+            }
+            for dv in divisor.iter_mut() {
+                let d = R::round(*dv);
+                *dv = if d == 0.0 { 1.0 } else { d };
+            }
+        }
+        for (l, ((o, s), b)) in oc.iter_mut().zip(&mixed).zip(bs).enumerate() {
+            let div = if consensus { divisor[l] } else { plain_divisor };
+            let mut m = R::round(*s);
+            if normalize {
+                m = R::round(m / div);
+            }
+            if let Some(lf) = lambda_f {
+                m = R::round(m * lf);
+            }
+            *o = R::round(b + m);
         }
     });
     Ok(())
