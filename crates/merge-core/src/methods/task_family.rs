@@ -12,10 +12,11 @@
 //! 4. `normalize`: `mixed ← round(mixed / divisor)`; `lambda ≠ 1`: `mixed ← round(mixed·λ)`;
 //! 5. result `round(base + mixed)`. No non-base input → the base unchanged.
 //!
-//! Sums over models accumulate in `f32` in source order and are rounded once. Nothing is
-//! copied: task vectors are recomputed from the inputs in each pass (selection passes, norm
-//! pass, final pass), and the final pass runs over fixed chunks of [`CHUNK`] elements in
-//! parallel, so results are identical at any thread count.
+//! Sums over models accumulate in `f32` in source order and are rounded once. No tensor-sized
+//! copy of a task vector is made: task vectors are recomputed from the inputs in each pass
+//! (selection passes, norm pass, final pass); masks are thresholds or packed bits. The final
+//! pass runs over fixed chunks of [`CHUNK`] elements in parallel (holding one chunk of
+//! weighted deltas per model), so results are identical at any thread count.
 //!
 //! Divergences from mergekit are those of the primitives (see [`super::sparsify`]).
 //! `int8_mask` only changes mergekit's intermediate mask dtype and is accepted and ignored.
@@ -90,7 +91,7 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
     let m = ctx.math;
     let base = ctx
         .base()
-        .ok_or("this method needs a base model (set `base_model`) and the base has no tensor")?
+        .ok_or("no base model tensor: this method needs `base_model`, and the base must contain this tensor")?
         .data;
     let n = out.len();
     if base.len() != n || ctx.inputs.iter().any(|i| i.data.len() != n) {
