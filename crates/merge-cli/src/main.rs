@@ -32,6 +32,70 @@ enum Command {
     Check(CheckArgs),
     /// List the tensors (dtype, shape, size) of a checkpoint folder or file.
     Inspect(InspectArgs),
+    /// Rewrite a checkpoint (PyTorch .bin, sharded or not, or `model+lora`) as safetensors with
+    /// the same tensor names, with its config and tokenizer files.
+    Convert(ConvertArgs),
+    /// Check that a merged folder still matches its smelt.lock (and, with --inputs, that the
+    /// input models are the ones that were locked). Names every file that differs.
+    Verify(VerifyArgs),
+    /// Convert a Hugging Face model folder to a GGUF file for llama.cpp, ollama and LM Studio
+    /// (F32/F16/BF16 or a llama.cpp quantization such as Q4_K_M).
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConvertArgs {
+    /// The model: a folder, a weights file, or `MODEL+LORA_ADAPTER`.
+    model: String,
+    /// The output folder.
+    out: PathBuf,
+    /// Maximum size of an output shard (as for `run`).
+    #[arg(long, default_value = "5B", value_parser = parse_size)]
+    out_shard_size: i64,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j', env = "SMELT_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Replace a non-empty output folder.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// The merged model folder (holding smelt.lock).
+    out: PathBuf,
+    /// Also hash the input models recorded in the lock.
+    #[arg(long)]
+    inputs: bool,
+    /// Hash inputs again even where the digest cache knows them.
+    #[arg(long)]
+    rehash: bool,
+}
+
+#[derive(Args, Debug)]
+struct QuantizeArgs {
+    /// The Hugging Face model folder (config.json, safetensors, tokenizer files).
+    model: PathBuf,
+    /// The GGUF file to write (or give it with -o; default: NAME-TYPE.gguf in the current
+    /// folder, NAME being the model folder's name).
+    out: Option<PathBuf>,
+    /// The GGUF file to write.
+    #[arg(long = "output", short = 'o', conflicts_with = "out")]
+    output: Option<PathBuf>,
+    /// llama.cpp file type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S,
+    /// Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K (case-insensitive).
+    #[arg(long = "type", short = 't', default_value = "Q4_K_M")]
+    ftype: String,
+    /// llama.cpp pre-tokenizer name for a byte-level BPE tokenizer smelt does not recognise
+    /// (tokenizer.ggml.pre, e.g. llama-bpe, qwen2, gpt-2).
+    #[arg(long)]
+    pre: Option<String>,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j', env = "SMELT_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Replace an existing output file.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -78,6 +142,22 @@ struct RunArgs {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+    /// Also write the lock file to PATH (e.g. beside the recipe, to commit it).
+    #[arg(long, value_name = "PATH")]
+    lock: Option<PathBuf>,
+    /// Refuse to merge unless the recipe, seed and every input file equal this lock's.
+    #[arg(long, value_name = "LOCK")]
+    locked: Option<PathBuf>,
+    /// Quantize to GGUF in the same pass: OUT gets OUT-NAME-TYPE.gguf (e.g. Q4_K_M, Q8_0, F16)
+    /// with the config, tokenizer and model card, and no safetensors unless --keep-safetensors.
+    #[arg(long, value_name = "TYPE")]
+    gguf: Option<String>,
+    /// With --gguf: also write the safetensors shards.
+    #[arg(long, requires = "gguf")]
+    keep_safetensors: bool,
+    /// With --gguf: llama.cpp pre-tokenizer name for a BPE tokenizer smelt does not recognise.
+    #[arg(long, requires = "gguf")]
+    pre: Option<String>,
     /// Accepted for mergekit compatibility; smelt memory-maps its inputs and does not need it.
     #[arg(long, hide = true)]
     lazy_unpickle: bool,
@@ -111,6 +191,52 @@ struct CheckArgs {
 struct InspectArgs {
     /// A model folder, a .safetensors file or a hub id in the local cache.
     path: PathBuf,
+}
+
+fn verify(a: &VerifyArgs) -> Result<ExitCode> {
+    use merge_core::lock::{self, HashCache, Lock};
+    let lock = Lock::read(&a.out.join(lock::LOCK_FILE))?;
+    let fresh = HashCache::in_memory();
+    let mut diffs = lock::verify_files(&a.out, &lock.outputs, &fresh, &[lock::LOCK_FILE]);
+    let mut checked = lock.outputs.len();
+    if a.inputs {
+        let cached;
+        let cache = if a.rehash {
+            &fresh
+        } else {
+            cached = HashCache::load(HashCache::default_path());
+            &cached
+        };
+        for inp in &lock.inputs {
+            let dir = if inp.path.is_file() {
+                inp.path.parent().map(Path::to_path_buf).unwrap_or_default()
+            } else {
+                inp.path.clone()
+            };
+            let mut all = lock::verify_files(&dir, &inp.files, cache, &[]);
+            if let Some(l) = &inp.lora_path {
+                all.extend(lock::verify_files(l, &inp.lora_files, cache, &[]));
+            }
+            // other files in an input folder are not the lock's business
+            all.retain(|m| m.what != "not in the lock");
+            diffs.extend(all);
+            checked += inp.files.len() + inp.lora_files.len();
+        }
+        cache.save();
+    }
+    for d in &diffs {
+        println!("DIFFERS {d}");
+    }
+    if diffs.is_empty() {
+        println!(
+            "ok: {checked} files match {}",
+            a.out.join(lock::LOCK_FILE).display()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: {} of {checked} locked files differ", diffs.len());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn parse_size(s: &str) -> Result<i64, String> {
@@ -184,6 +310,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 copy_tokenizer: !a.no_copy_tokenizer,
                 write_card: !a.no_write_model_card,
                 force: a.force,
+                lock_path: a.lock.clone(),
+                locked: a
+                    .locked
+                    .as_deref()
+                    .map(merge_core::lock::Lock::read)
+                    .transpose()?,
+                hash_cache: merge_core::lock::HashCache::default_path(),
+                gguf: a
+                    .gguf
+                    .as_deref()
+                    .map(|t| -> Result<merge::GgufOptions> {
+                        Ok(merge::GgufOptions {
+                            ftype: merge_core::gguf::FileType::parse(t)?,
+                            pre: a.pre.clone(),
+                            keep_safetensors: a.keep_safetensors,
+                        })
+                    })
+                    .transpose()?,
             };
             let bar = progress::Bar::new(a.quiet);
             let cb = |p: &merge_core::exec::Progress| bar.update(p);
@@ -242,8 +386,67 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Verify(a) => verify(&a),
+        Command::Convert(a) => {
+            let files = merge_core::convert::convert(
+                &a.model,
+                Path::new("."),
+                &a.out,
+                a.out_shard_size,
+                a.threads,
+                a.force,
+            )
+            .with_context(|| format!("converting {}", a.model))?;
+            let total: u64 = files.iter().map(|f| f.size).sum();
+            eprintln!(
+                "wrote {} files ({}) to {}",
+                files.len(),
+                progress::human(total),
+                a.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect(a) => {
             inspect::inspect(&a.path)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quantize(a) => {
+            let ftype = merge_core::gguf::FileType::parse(&a.ftype)?;
+            let out = match a.out.clone().or(a.output.clone()) {
+                Some(p) => p,
+                None => {
+                    let name = std::path::absolute(&a.model)?
+                        .file_name()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "model".into());
+                    PathBuf::from(format!("{name}-{}.gguf", ftype.name()))
+                }
+            };
+            if out.exists() && !a.force {
+                anyhow::bail!(
+                    "{} already exists (pass --force to replace it)",
+                    out.display()
+                );
+            }
+            let t0 = std::time::Instant::now();
+            let r = merge_core::gguf::convert::convert_folder(
+                &a.model,
+                &out,
+                ftype,
+                a.pre.as_deref(),
+                a.threads,
+            )
+            .with_context(|| format!("converting {} to GGUF", a.model.display()))?;
+            eprintln!(
+                "wrote {} ({} {}, {} tensors, {}, pre-tokenizer {}) in {:.1}s",
+                out.display(),
+                r.arch.name(),
+                r.ftype,
+                r.tensors,
+                progress::human(r.bytes),
+                if r.pre.is_empty() { "-" } else { &r.pre },
+                t0.elapsed().as_secs_f64()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

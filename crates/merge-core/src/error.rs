@@ -92,6 +92,9 @@ pub enum Error {
     /// The run was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
+    /// GGUF export or reading failed.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
 }
 
 /// Shorthand for results in this crate.

@@ -103,10 +103,18 @@ pub fn tensor_cost(plan: &Plan, t: &PlannedTensor, threads: usize) -> u64 {
         return 0;
     }
     if plan.method.info().elementwise {
+        // chunks in flight: f32 buffers per input and the output, plus the mapped input pages
+        // (released chunk by chunk)
         let live = n.min((CHUNK * threads) as u64);
-        live * 4 * (k + 1) + live * t.out_dtype.size() as u64
+        live * 4 * (k + 1) + live * (t.out_dtype.size() as u64 + 4 * k)
     } else {
-        n * 4 * (k + 2) + n * t.out_dtype.size() as u64
+        // every input as f32, a result and a scratch buffer, and the mapped input pages
+        let mapped: u64 = t
+            .sources
+            .iter()
+            .map(|s| plan.source_info(s).range.len() as u64)
+            .sum();
+        n * 4 * (k + 2) + n * t.out_dtype.size() as u64 + mapped
     }
 }
 
@@ -134,6 +142,11 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
                 break;
             }
             let held = budget.acquire(tensor_cost(plan, t, threads));
+            for s in &t.sources {
+                plan.models[s.model]
+                    .checkpoint
+                    .prefetch(plan.source_info(s));
+            }
             let (budget, failed, first_error, done, bytes_done) =
                 (&budget, &failed, &first_error, &done, &bytes_done);
             scope.spawn(move |_| {
@@ -142,6 +155,9 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
                 } else {
                     run_tensor(plan, i, sink)
                 };
+                for s in &t.sources {
+                    plan.models[s.model].checkpoint.release(plan.source_info(s));
+                }
                 budget.release(held);
                 match r {
                     Ok(()) => {
@@ -180,20 +196,36 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
     }
 }
 
-/// Reads elements `range` (in output coordinates) of a source into `out` as `f32`, cropping
-/// a larger 2-D source to the output's shape.
+/// Reads elements `range` (in output coordinates) of source `name` into `out` as `f32`,
+/// cropping a larger 2-D source to the output's shape and adding a LoRA delta if the model has
+/// one for this tensor (such tensors are never streamed: `range` is then the whole tensor).
 fn read_source(
     plan: &Plan,
+    name: &str,
     info: &TensorInfo,
     model: usize,
     out_shape: &[usize],
     range: Range<usize>,
     out: &mut [f32],
-) {
+) -> Result<()> {
     let ck = &plan.models[model].checkpoint;
+    let full;
+    let read = |elems: Range<usize>, dst: &mut [f32]| ck.read_f32(info, elems, dst);
+    let src: Option<&[f32]> = if ck.has_delta(name) {
+        let mut v = vec![0f32; info.numel()];
+        ck.read_tensor_f32(name, info, &mut v)?;
+        full = v;
+        Some(&full)
+    } else {
+        None
+    };
+    let copy = |elems: Range<usize>, dst: &mut [f32]| match src {
+        Some(v) => dst.copy_from_slice(&v[elems]),
+        None => read(elems, dst),
+    };
     if info.shape == out_shape {
-        ck.read_f32(info, range, out);
-        return;
+        copy(range, out);
+        return Ok(());
     }
     // cropped 2-D: output row r, column c comes from source row r, column c
     let (ocols, scols) = (out_shape[1], info.shape[1]);
@@ -203,10 +235,11 @@ fn read_source(
         let (r, c) = (pos / ocols, pos % ocols);
         let n = (ocols - c).min(range.end - pos);
         let s = r * scols + c;
-        ck.read_f32(info, s..s + n, &mut out[o..o + n]);
+        copy(s..s + n, &mut out[o..o + n]);
         pos += n;
         o += n;
     }
+    Ok(())
 }
 
 fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
@@ -223,14 +256,34 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
         .iter()
         .map(|s| plan.models[s.model].reference.to_string())
         .collect();
+    let multiple = sink.chunk_multiple(ti).max(1);
+    let chunk = (CHUNK / multiple).max(1) * multiple;
+    let has_delta = t
+        .sources
+        .iter()
+        .any(|s| plan.models[s.model].checkpoint.has_delta(&s.tensor));
+    let streamed = plan.method.info().elementwise && numel > chunk && !has_delta;
     let merge = |range: Range<usize>| -> Result<Vec<f32>> {
         let len = range.len();
         let mut bufs: Vec<Vec<f32>> = Vec::with_capacity(t.sources.len());
         for (s, info) in t.sources.iter().zip(&infos) {
             let mut b = vec![0f32; len];
-            read_source(plan, info, s.model, &t.shape, range.clone(), &mut b);
+            read_source(
+                plan,
+                &s.tensor,
+                info,
+                s.model,
+                &t.shape,
+                range.clone(),
+                &mut b,
+            )?;
             if info.dtype != t.math {
                 t.math.round_slice(&mut b);
+            }
+            if streamed && info.shape == t.shape {
+                plan.models[s.model]
+                    .checkpoint
+                    .release_elems(info, range.clone());
             }
             bufs.push(b);
         }
@@ -266,9 +319,7 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
             })?;
         Ok(out)
     };
-    let multiple = sink.chunk_multiple(ti).max(1);
-    let chunk = (CHUNK / multiple).max(1) * multiple;
-    if plan.method.info().elementwise && numel > chunk {
+    if streamed {
         let chunks = numel.div_ceil(chunk);
         (0..chunks).into_par_iter().try_for_each(|c| {
             let r = c * chunk..((c + 1) * chunk).min(numel);

@@ -10,15 +10,19 @@
 
 pub mod arch;
 pub mod checkpoint;
+pub mod convert;
 pub mod dtype;
 pub mod error;
 pub mod exec;
 pub mod gguf;
+pub mod lock;
+pub mod lora;
 pub mod merge;
 pub mod methods;
 pub mod output;
 pub mod plan;
 pub mod recipe;
+pub mod torch;
 pub mod writer;
 
 pub use dtype::DType;

@@ -46,6 +46,8 @@ pub struct PlanModel {
     pub reference: ModelRef,
     /// Where it was found.
     pub path: PathBuf,
+    /// Where its LoRA adapter was found (`model+lora`).
+    pub lora_path: Option<PathBuf>,
     /// The opened checkpoint.
     pub checkpoint: Checkpoint,
 }
@@ -153,12 +155,21 @@ impl Plan {
 /// Resolves a model reference to a folder or file: relative to the recipe's folder, then to
 /// the current directory, then as a hub id in the local Hugging Face cache.
 pub fn resolve_model(r: &ModelRef, recipe_dir: &Path) -> Result<PathBuf> {
-    if r.lora.is_some() {
-        return Err(Error::ModelNotFound {
-            reference: r.to_string(),
-            reason: "`model+lora` references are not supported yet".into(),
-        });
-    }
+    resolve_path(&r.path, r.revision.as_deref(), &r.to_string(), recipe_dir)
+}
+
+fn resolve_path(
+    path: &str,
+    revision: Option<&str>,
+    reference: &str,
+    recipe_dir: &Path,
+) -> Result<PathBuf> {
+    let r = ModelRef {
+        path: path.to_string(),
+        revision: revision.map(String::from),
+        lora: None,
+        override_architecture: None,
+    };
     let p = Path::new(&r.path);
     let mut looked = Vec::new();
     let candidates: Vec<PathBuf> = if p.is_absolute() {
@@ -179,8 +190,8 @@ pub fn resolve_model(r: &ModelRef, recipe_dir: &Path) -> Result<PathBuf> {
         }
     }
     Err(Error::ModelNotFound {
-        reference: r.to_string(),
-        reason: format!("looked in {}", looked.join(", ")),
+        reference: reference.to_string(),
+        reason: format!("`{}`: looked in {}", r.path, looked.join(", ")),
     })
 }
 
@@ -189,10 +200,17 @@ pub fn open_models(recipe: &Recipe) -> Result<Vec<PlanModel>> {
     let mut out = Vec::new();
     for r in recipe.referenced_models() {
         let path = resolve_model(&r, &recipe.dir)?;
-        let checkpoint = Checkpoint::open(&path, &r.to_string())?;
+        let mut checkpoint = Checkpoint::open(&path, &r.to_string())?;
+        let mut lora_path = None;
+        if let Some((l, rev)) = &r.lora {
+            let lp = resolve_path(l, rev.as_deref(), &r.to_string(), &recipe.dir)?;
+            checkpoint.attach_lora(crate::lora::LoraAdapter::load(&lp)?)?;
+            lora_path = Some(lp);
+        }
         out.push(PlanModel {
             reference: r,
             path,
+            lora_path,
             checkpoint,
         });
     }

@@ -60,6 +60,8 @@ pub struct Checkpoint {
     pub tensors: BTreeMap<String, TensorInfo>,
     /// Parsed `config.json`, if the folder has one.
     pub config: Option<serde_json::Value>,
+    /// A LoRA adapter applied on the fly to the tensors it touches (`model+lora`).
+    pub lora: Option<crate::lora::LoraAdapter>,
 }
 
 /// Maps `path` read-only.
@@ -82,8 +84,16 @@ impl Checkpoint {
                 files: Vec::new(),
                 tensors: BTreeMap::new(),
                 config: None,
+                lora: None,
             };
-            ck.add_safetensors(path)?;
+            if path
+                .extension()
+                .is_some_and(|e| e == "bin" || e == "pt" || e == "pth")
+            {
+                ck.add_torch(path)?;
+            } else {
+                ck.add_safetensors(path)?;
+            }
             return Ok(ck);
         }
         if !path.is_dir() {
@@ -109,6 +119,7 @@ impl Checkpoint {
             files: Vec::new(),
             tensors: BTreeMap::new(),
             config,
+            lora: None,
         };
         let single = path.join("model.safetensors");
         let index = path.join("model.safetensors.index.json");
@@ -118,23 +129,31 @@ impl Checkpoint {
             }
         } else if single.is_file() {
             ck.add_safetensors(&single)?;
+        } else if path.join("pytorch_model.bin.index.json").is_file() {
+            let index = path.join("pytorch_model.bin.index.json");
+            let mut shards: Vec<String> = crate::torch::read_bin_index(&index)?
+                .into_values()
+                .collect();
+            shards.sort();
+            shards.dedup();
+            for shard in shards {
+                if shard.contains('/') || shard.contains('\\') {
+                    return Err(Error::bad_checkpoint(
+                        &index,
+                        format!("shard name `{shard}` is not a plain file name"),
+                    ));
+                }
+                ck.add_torch(&path.join(shard))?;
+            }
+        } else if path.join("pytorch_model.bin").is_file() {
+            ck.add_torch(&path.join("pytorch_model.bin"))?;
         } else {
-            let bin = ["pytorch_model.bin", "pytorch_model.bin.index.json"]
-                .iter()
-                .any(|f| path.join(f).is_file());
             return Err(Error::ModelNotFound {
                 reference: name.to_string(),
-                reason: if bin {
-                    format!(
-                        "{} holds PyTorch .bin weights, which are not supported yet; convert them to safetensors",
-                        path.display()
-                    )
-                } else {
-                    format!(
-                        "{} has no model.safetensors or model.safetensors.index.json",
-                        path.display()
-                    )
-                },
+                reason: format!(
+                    "{} has no model.safetensors(.index.json) or pytorch_model.bin(.index.json)",
+                    path.display()
+                ),
             });
         }
         Ok(ck)
@@ -159,9 +178,126 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Adds a PyTorch checkpoint file (read with the restricted unpickler: no code runs).
+    fn add_torch(&mut self, path: &Path) -> Result<()> {
+        let map = map_file(path)?;
+        let file = self.files.len();
+        for t in crate::torch::read_torch_tensors(&map, path)? {
+            if self.tensors.contains_key(&t.name) {
+                return Err(Error::bad_checkpoint(
+                    path,
+                    format!("tensor `{}` appears in more than one shard", t.name),
+                ));
+            }
+            self.tensors.insert(
+                t.name,
+                TensorInfo {
+                    dtype: t.dtype,
+                    shape: t.shape,
+                    file,
+                    range: t.data,
+                },
+            );
+        }
+        self.files.push(MappedFile {
+            path: path.to_path_buf(),
+            map,
+        });
+        Ok(())
+    }
+
+    /// Attaches a LoRA adapter (its deltas are added when tensors are read), checking that every
+    /// tensor it adapts exists with the right shape.
+    pub fn attach_lora(&mut self, adapter: crate::lora::LoraAdapter) -> Result<()> {
+        for (name, d) in &adapter.deltas {
+            let Some(t) = self.tensors.get(name) else {
+                return Err(Error::MissingTensor {
+                    tensor: name.clone(),
+                    model: self.name.clone(),
+                    hint: format!(" (the LoRA adapter {} adapts it)", adapter.dir.display()),
+                });
+            };
+            if t.shape != d.base_shape() {
+                return Err(Error::ShapeMismatch {
+                    tensor: name.clone(),
+                    detail: format!(
+                        "{:?} in `{}` vs {:?} for the LoRA adapter {}",
+                        t.shape,
+                        self.name,
+                        d.base_shape(),
+                        adapter.dir.display()
+                    ),
+                });
+            }
+            if !t.dtype.is_math() {
+                return Err(Error::Dtype {
+                    tensor: name.clone(),
+                    model: self.name.clone(),
+                    reason: "a LoRA adapter can only adapt F32, F16 or BF16 weights".into(),
+                });
+            }
+        }
+        self.lora = Some(adapter);
+        Ok(())
+    }
+
+    /// Whether reading tensor `name` adds a LoRA delta (then it must be read whole).
+    pub fn has_delta(&self, name: &str) -> bool {
+        self.lora
+            .as_ref()
+            .is_some_and(|l| l.deltas.contains_key(name))
+    }
+
+    /// Reads the whole tensor `name` as `f32`, with the LoRA delta added if it has one.
+    pub fn read_tensor_f32(&self, name: &str, t: &TensorInfo, out: &mut [f32]) -> Result<()> {
+        self.read_f32(t, 0..t.numel(), out);
+        if let Some(d) = self.lora.as_ref().and_then(|l| l.deltas.get(name)) {
+            d.apply(name, out, &t.shape)?;
+        }
+        Ok(())
+    }
+
     /// The raw bytes of a tensor.
     pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
         &self.files[t.file].map[t.range.clone()]
+    }
+
+    /// Tells the kernel that the pages of `t` will be read soon.
+    pub fn prefetch(&self, t: &TensorInfo) {
+        let _ = self.files[t.file].map.advise_range(
+            memmap2::Advice::WillNeed,
+            t.range.start,
+            t.range.len(),
+        );
+    }
+
+    /// Drops this process's mapping of the pages of `t` once it has been read, so resident
+    /// memory stays bounded by the tensors in flight, not by the size of the inputs (the data
+    /// stays in the page cache; a later read faults it back in).
+    pub fn release(&self, t: &TensorInfo) {
+        self.release_elems(t, 0..t.numel());
+    }
+
+    /// Like [`Checkpoint::release`] for elements `elems` of `t` only (pages at the edges that
+    /// neighbouring data shares are dropped too; a later read simply faults them back in).
+    pub fn release_elems(&self, t: &TensorInfo, elems: Range<usize>) {
+        let sz = t.dtype.size();
+        let start = t.range.start + elems.start * sz;
+        let len = elems.len() * sz;
+        if len == 0 {
+            return;
+        }
+        // SAFETY: the map is read-only and never written, so dropping its pages cannot lose
+        // data: any later access re-reads the unchanged file contents. No slice into the range
+        // is used after this call by the executor, and even if one were, it would read the same
+        // bytes again.
+        let _ = unsafe {
+            self.files[t.file].map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start,
+                len,
+            )
+        };
     }
 
     /// The path of the file a tensor lives in.

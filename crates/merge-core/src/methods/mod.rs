@@ -18,6 +18,7 @@
 
 use crate::dtype::DType;
 
+pub mod arcee_fusion;
 pub mod breadcrumbs;
 pub mod breadcrumbs_ties;
 pub mod consensus;
@@ -25,17 +26,24 @@ pub mod dare_linear;
 pub mod dare_ties;
 pub mod della;
 pub mod della_linear;
+pub mod karcher;
 pub mod linear;
+pub mod model_stock;
+pub mod multislerp;
+pub mod nearswap;
+pub mod nuslerp;
 pub mod passthrough;
 pub mod ram;
 pub mod ramplus_tl;
 pub mod rng;
 pub mod round;
 pub mod sce;
+pub mod slerp;
 pub mod sparsify;
 pub mod task_arithmetic;
 pub mod task_family;
 pub mod ties;
+pub mod vecmath;
 
 /// Fixed chunk length (elements) for deterministic parallel reductions.
 pub const REDUCE_CHUNK: usize = 1 << 16;
@@ -261,7 +269,10 @@ impl std::fmt::Debug for dyn MergeMethod {
 pub fn all() -> &'static [&'static dyn MergeMethod] {
     &[
         &linear::Linear,
-        &passthrough::Passthrough,
+        &slerp::Slerp,
+        &nuslerp::NuSlerp,
+        &multislerp::MultiSlerp,
+        &karcher::Karcher,
         &task_arithmetic::TaskArithmetic,
         &ties::Ties,
         &dare_ties::DareTies,
@@ -271,6 +282,10 @@ pub fn all() -> &'static [&'static dyn MergeMethod] {
         &della::Della,
         &della_linear::DellaLinear,
         &sce::Sce,
+        &model_stock::ModelStock,
+        &nearswap::NearSwap,
+        &arcee_fusion::ArceeFusion,
+        &passthrough::Passthrough,
         &ram::Ram,
         &ramplus_tl::RamPlusTl,
     ]

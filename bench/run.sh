@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Merge benchmark on a synthetic TinyLlama-1.1B-shaped family (bf16, sharded: base, ft1, ft2).
+#
+#   bench/run.sh [METHOD...]        methods: linear (default), ties, dare_ties, slerp, task_arithmetic
+#
+# For each method it measures, in the same run: smelt's wall time and peak RSS
+# (/usr/bin/time -v), and the I/O floor (bench's io-floor: read every input byte once, write
+# the output once, fsync). It prints the figures and their ratio. The family is generated once
+# into $BENCH_DIR (default /tmp/smelt-bench, ~6.6 GB). Inputs are read once beforehand so smelt
+# and the floor both run from a warm page cache (the floor is then memory- not disk-bound).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH_DIR="${BENCH_DIR:-/tmp/smelt-bench}"
+THREADS="${THREADS:-$(nproc)}"
+methods=("$@"); [ ${#methods[@]} -gt 0 ] || methods=(linear)
+
+cargo build --release -q -p merge-cli -p smelt-bench
+SMELT="$PWD/target/release/smelt"
+"$PWD/target/release/gen-family" "$BENCH_DIR/family"
+F="$BENCH_DIR/family"
+mkdir -p "$BENCH_DIR/recipes"
+
+recipe() {
+  case "$1" in
+    linear) cat <<Y
+models:
+  - {model: $F/base, parameters: {weight: 0.4}}
+  - {model: $F/ft1, parameters: {weight: 0.3}}
+  - {model: $F/ft2, parameters: {weight: 0.3}}
+merge_method: linear
+Y
+    ;;
+    task_arithmetic|ties|dare_ties) cat <<Y
+models:
+  - {model: $F/ft1, parameters: {weight: 0.5, density: 0.5}}
+  - {model: $F/ft2, parameters: {weight: 0.5, density: 0.5}}
+merge_method: $1
+base_model: $F/base
+Y
+    ;;
+    slerp) cat <<Y
+models:
+  - {model: $F/ft1}
+  - {model: $F/ft2}
+merge_method: slerp
+base_model: $F/ft1
+parameters: {t: 0.4}
+Y
+    ;;
+    *) echo "unknown method $1" >&2; exit 2 ;;
+  esac
+}
+
+inputs=$(ls "$F"/base/*.safetensors "$F"/ft1/*.safetensors "$F"/ft2/*.safetensors)
+in_bytes=$(cat $inputs | wc -c)
+out_bytes=$(cat "$F"/base/*.safetensors | wc -c)
+echo "family: $F ($((in_bytes / 1000000)) MB of inputs), threads: $THREADS"
+echo "method,smelt_s,floor_s,floor_over_smelt,read_gbps,peak_rss_mb"
+for m in "${methods[@]}"; do
+  recipe "$m" > "$BENCH_DIR/recipes/$m.yml"
+  case "$m" in linear|slerp) used="$inputs" ;; *) used="$inputs" ;; esac
+  [ "$m" = slerp ] && used=$(ls "$F"/ft1/*.safetensors "$F"/ft2/*.safetensors)
+  used_bytes=$(cat $used | wc -c)
+  out="$BENCH_DIR/out-$m"; rm -rf "$out"
+  floor=$("$PWD/target/release/io-floor" "$BENCH_DIR/floor.bin" "$out_bytes" $used | sed 's/.*io_floor_seconds=\([0-9.]*\).*/\1/')
+  /usr/bin/time -v "$SMELT" run --quiet --threads "$THREADS" "$BENCH_DIR/recipes/$m.yml" "$out" 2> "$BENCH_DIR/time-$m.txt"
+  wall=$(grep "Elapsed (wall clock)" "$BENCH_DIR/time-$m.txt" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  rss=$(grep "Maximum resident set size" "$BENCH_DIR/time-$m.txt" | awk '{print $NF}')
+  python3 - "$m" "$wall" "$floor" "$used_bytes" "$rss" <<'P'
+import sys
+m, wall, floor, used, rss = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+print(f"{m},{wall:.2f},{floor:.2f},{floor/wall:.2f},{used/wall/1e9:.2f},{rss/1024:.0f}")
+P
+  rm -rf "$out"
+done

@@ -1,0 +1,187 @@
+//! The CLI surface: check, plan, inspect, help, mergekit flags, the output layout.
+
+use crate::util::*;
+
+#[test]
+fn check_lints_without_opening_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    // the models do not exist: check must not care
+    let r = recipe(
+        tmp.path(),
+        "name: x\nmerge_method: linear\nmodels:\n  - model: nowhere/a\n    parameters: {weight: 1}\n",
+    );
+    let o = run(&["check", r.to_str().unwrap()]);
+    let e = assert_ok(&o);
+    assert!(
+        stdout(&o).contains("ok (linear merge of 1 models"),
+        "{}",
+        stdout(&o)
+    );
+    let _ = e;
+    let r = recipe(
+        tmp.path(),
+        "merge_method: linear\nmodels:\n  - model: nowhere/a\n    parameters: {weight: [1, x]}\n",
+    );
+    assert_fails(
+        &run(&["check", r.to_str().unwrap()]),
+        &["parameter `weight`", "\"x\""],
+    );
+    let r = recipe(
+        tmp.path(),
+        "merge_method: linear\nmodels:\n  - model: a\n    parameters: {normalize: false, weight: 1}\n",
+    );
+    let o = run(&["check", r.to_str().unwrap()]);
+    assert!(assert_ok(&o).contains("`normalize` is global"));
+}
+
+#[test]
+fn check_accepts_every_fixture_recipe_it_supports() {
+    let fx = fixtures();
+    for name in [
+        "linear_weighted",
+        "linear_nonorm_f16out",
+        "passthrough_frankenmerge",
+    ] {
+        assert_ok(&run(&[
+            "check",
+            fx.join(format!("recipes/{name}.yml")).to_str().unwrap(),
+        ]));
+    }
+}
+
+#[test]
+fn plan_shows_tensors_sources_and_sizes() {
+    let fx = fixtures();
+    let o = smelt()
+        .current_dir(&fx)
+        .args(["plan", "recipes/passthrough_frankenmerge.yml", "--all"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let s = stdout(&o);
+    assert!(s.contains("method: passthrough"), "{s}");
+    assert!(s.contains("6 output layers"), "{s}");
+    // output layer 3 comes from ft1's layer 1
+    assert!(
+        s.contains("model.layers.3.mlp.up_proj.weight")
+            && s.contains(":model.layers.1.mlp.up_proj.weight"),
+        "{s}"
+    );
+    assert!(s.contains("reads") && s.contains("writes"), "{s}");
+}
+
+#[test]
+fn inspect_lists_tensors() {
+    let fx = fixtures();
+    let o = run(&[
+        "inspect",
+        fx.join("models/tiny-llama/base").to_str().unwrap(),
+    ]);
+    assert_ok(&o);
+    let s = stdout(&o);
+    assert!(
+        s.contains("39 tensors")
+            && s.contains("model.embed_tokens.weight")
+            && s.contains("[512, 64]"),
+        "{s}"
+    );
+    assert!(s.contains("LlamaForCausalLM"), "{s}");
+}
+
+#[test]
+fn output_layout_and_small_files() {
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    let o = smelt()
+        .args([
+            "run",
+            "--quiet",
+            "--out-shard-size",
+            "200k",
+            "--lazy-unpickle",
+        ])
+        .arg(fx.join("recipes/passthrough_frankenmerge.yml"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    let e = assert_ok(&o);
+    assert!(e.contains("--lazy-unpickle is accepted"), "{e}");
+    let idx: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let map = idx["weight_map"].as_object().unwrap();
+    assert_eq!(map.len(), 57);
+    let shards: std::collections::BTreeSet<&str> =
+        map.values().map(|v| v.as_str().unwrap()).collect();
+    assert!(shards.len() > 1);
+    for s in &shards {
+        assert!(
+            s.starts_with("model-0000") && s.contains(&format!("-of-{:05}", shards.len())),
+            "{s}"
+        );
+        let b = std::fs::read(out.join(s)).unwrap();
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        assert_eq!((8 + n) % 8, 0, "data section aligned");
+        let h: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+        assert_eq!(h["__metadata__"]["format"], "pt");
+    }
+    let total: u64 = idx["metadata"]["total_size"].as_u64().unwrap();
+    assert_eq!(total, 287552 * 2);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["num_hidden_layers"], 6);
+    assert_eq!(cfg["dtype"], "float16");
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "mergekit_config.yml",
+        "README.md",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.contains("Passthrough") && card.contains("layer_range: [0, 3]"),
+        "{card}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("mergekit_config.yml")).unwrap(),
+        std::fs::read_to_string(fx.join("recipes/passthrough_frankenmerge.yml")).unwrap()
+    );
+}
+
+#[test]
+fn no_copy_tokenizer_and_no_card() {
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m");
+    assert_ok(
+        &smelt()
+            .args([
+                "run",
+                "--quiet",
+                "--no-copy-tokenizer",
+                "--no-write-model-card",
+            ])
+            .arg(fx.join("recipes/linear_weighted.yml"))
+            .arg(&out)
+            .output()
+            .unwrap(),
+    );
+    assert!(!out.join("tokenizer.json").exists() && !out.join("README.md").exists());
+    assert!(out.join("config.json").exists() && out.join("model.safetensors").exists());
+}
+
+#[test]
+fn help_lists_subcommands() {
+    let o = run(&["--help"]);
+    let s = stdout(&o);
+    for c in ["run", "plan", "check", "inspect"] {
+        assert!(s.contains(c), "{s}");
+    }
+    let o = run(&["run", "--help"]);
+    assert!(stdout(&o).contains("--out-shard-size"));
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests of the `smelt` binary: one test binary (ripgrep's layout), modules by
+//! area. Fixtures live in `tests/fixtures/` (a copy of the public parity set); synthetic
+//! checkpoints for error cases are written by `util`.
+
+mod cli;
+mod determinism;
+mod errors;
+mod gguf_run;
+mod inputs;
+mod parity;
+mod quantize;
+mod recipes;
+mod util;
