@@ -2,10 +2,11 @@
 //! survive (magnitude top-k for TIES, Bernoulli drop for DARE, magnitude outliers for
 //! breadcrumbs, rank-dependent drop for DELLA) and the L1 rescale that follows a drop.
 //!
-//! Nothing here copies a tensor. A task vector is read through [`Values`] (e.g. [`Delta`],
-//! which computes `round(x − base)` on the fly), and a sparsifier returns a [`Mask`]: a compact
-//! description of the kept set that a kernel walks chunk by chunk with a [`MaskCursor`] while
-//! it computes its output. Whole-tensor work (histograms for the top-k threshold, L1 norms) runs
+//! Nothing here copies a task vector. It is read through [`Values`] (e.g. [`Delta`], which
+//! computes `round(x − base)` on the fly), and a sparsifier returns a [`Mask`]: a compact
+//! description of the kept set (a threshold with per-chunk tie quotas for the magnitude
+//! methods, packed bits for DARE, one flag per element for DELLA) that a kernel walks chunk by
+//! chunk with a [`MaskCursor`] while it computes its output. Whole-tensor work (histograms for the top-k threshold, L1 norms) runs
 //! in parallel over fixed chunks of [`CHUNK`] elements whose partial results are integers or are
 //! combined in chunk order, so masks and factors never depend on the thread count.
 //!
@@ -24,7 +25,8 @@
 //! result reproducible.
 //!
 //! Top-k is a selection, never a sort: a two-pass radix select over the 32-bit patterns of
-//! `|δ|` (high 16 bits, then low 16 bits among the candidates) finds the threshold; a third
+//! `|δ|` (high 16 bits, then low 16 bits among the candidates; skipped when every value is a
+//! bf16 pattern) finds the threshold; a third
 //! pass, only when the threshold value is tied and not all ties fit, counts the tied elements
 //! per chunk so each chunk knows how many of its own ties to keep.
 //!
