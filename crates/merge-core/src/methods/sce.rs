@@ -218,4 +218,31 @@ mod tests {
         let base = [1.0f32, 2.0];
         assert_eq!(sce(&base, &[], 1.0, DType::F32), base.to_vec());
     }
+
+    #[test]
+    fn same_bits_at_any_thread_count() {
+        let n = 200_000;
+        let base = vec![0.25f32; n];
+        let a: Vec<f32> = (0..n)
+            .map(|i| 0.25 + ((i * 13 % 101) as f32 - 50.0) * 1e-3)
+            .collect();
+        let b: Vec<f32> = (0..n)
+            .map(|i| 0.25 + ((i * 7 % 89) as f32 - 44.0) * 1e-3)
+            .collect();
+        let run_in = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| sce(&base, &[&a, &b], 0.3, DType::BF16))
+        };
+        let one = run_in(1);
+        let four = run_in(4);
+        assert!(
+            one.iter()
+                .zip(&four)
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        );
+        assert_ne!(one, base);
+    }
 }

@@ -270,6 +270,74 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn registry_matches_the_spec_table() {
+        // §2.6: (name, pretty name, normalize default, rescale default, extra per-model param)
+        let table = [
+            ("task_arithmetic", "Task Arithmetic", false, false, None),
+            ("ties", "TIES", true, false, None),
+            ("dare_ties", "DARE TIES", false, true, None),
+            ("dare_linear", "Linear DARE", false, true, None),
+            (
+                "breadcrumbs",
+                "Model Breadcrumbs",
+                false,
+                false,
+                Some(("gamma", 0.01)),
+            ),
+            (
+                "breadcrumbs_ties",
+                "Model Breadcrumbs with TIES",
+                false,
+                false,
+                Some(("gamma", 0.01)),
+            ),
+            ("della", "DELLA", true, true, Some(("epsilon", 0.15))),
+            (
+                "della_linear",
+                "Linear DELLA",
+                false,
+                true,
+                Some(("epsilon", 0.15)),
+            ),
+        ];
+        for (name, pretty, normalize, rescale, extra) in table {
+            let info = super::super::lookup(name).unwrap().info();
+            assert_eq!(info.pretty_name, pretty);
+            assert_eq!(info.base, super::super::BaseUse::Required);
+            let get = |n: &str| info.params.iter().find(|p| p.name == n).copied();
+            assert_eq!(
+                get("normalize").unwrap().default,
+                Some(normalize as u8 as f64),
+                "{name}"
+            );
+            assert_eq!(
+                get("rescale").unwrap().default,
+                Some(rescale as u8 as f64),
+                "{name}"
+            );
+            assert_eq!(get("lambda").unwrap().default, Some(1.0));
+            assert_eq!(get("int8_mask").unwrap().default, Some(0.0));
+            assert!(get("weight").unwrap().required);
+            assert_eq!(get("density").unwrap().default, Some(1.0));
+            if let Some((p, d)) = extra {
+                assert_eq!(get(p).unwrap().default, Some(d), "{name}");
+                assert_eq!(get(p).unwrap().scope, super::super::Scope::PerModel);
+            }
+            assert_eq!(info.params.len(), 6 + extra.is_some() as usize, "{name}");
+        }
+        for name in ["sce", "ram", "ramplus_tl"] {
+            assert!(super::super::lookup(name).is_some(), "{name}");
+        }
+        assert_eq!(
+            super::super::lookup("ramplus_tl")
+                .unwrap()
+                .info()
+                .result_dtype,
+            Some(DType::F32)
+        );
+    }
+
+    #[test]
     fn base_only_returns_base() {
         let b = [1.0f32, -2.0];
         let out = run(
