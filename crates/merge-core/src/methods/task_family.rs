@@ -419,7 +419,9 @@ mod bench {
         let mut out = vec![0.0f32; n];
         let t = Instant::now();
         method.merge(&ctx, &mut out).unwrap();
-        t.elapsed().as_secs_f64()
+        let secs = t.elapsed().as_secs_f64();
+        assert!(out.iter().all(|v| v.is_finite()));
+        secs
     }
 
     #[test]
