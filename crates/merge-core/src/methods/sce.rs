@@ -127,7 +127,7 @@ fn sce_with<R: Round>(ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String>
     }
     let coeffs: Vec<f32> = sums
         .iter()
-        .map(|s| R::round((s / n as f64) as f32))
+        .map(|s| R::round((*s as f32) / n as f32))
         .collect();
     let mut total = 0.0f32;
     for c in &coeffs {
