@@ -22,6 +22,11 @@ pub fn fixtures() -> PathBuf {
 pub fn smelt() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_smelt"));
     c.env_remove("SMELT_THREADS");
+    // keep the tests' digest cache out of the user's cache folder
+    c.env(
+        "SMELT_CACHE_DIR",
+        std::env::temp_dir().join(format!("smelt-test-cache-{}", std::process::id())),
+    );
     c
 }
 

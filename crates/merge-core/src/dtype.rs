@@ -183,6 +183,36 @@ impl DType {
         }
     }
 
+    /// Widens, in place, elements stored as little-endian bytes of this math dtype at the start
+    /// of `buf`'s memory (`buf.len()` elements, `buf.len() * self.size()` bytes) into `f32`s.
+    pub fn widen_in_place(self, buf: &mut [f32]) {
+        let n = buf.len();
+        let ptr = buf.as_mut_ptr() as *mut u8;
+        match self {
+            DType::F32 => {
+                for x in buf.iter_mut() {
+                    *x = f32::from_bits(u32::from_le(x.to_bits()));
+                }
+            }
+            DType::F16 | DType::BF16 => {
+                // back to front: element i's bytes [2i, 2i+2) are read before [4i, 4i+4) is
+                // written, and the writes never reach bytes of elements not yet read
+                for i in (0..n).rev() {
+                    // SAFETY: 2i+1 < 4n and 4i+3 < 4n; the memory belongs to `buf`.
+                    let bits =
+                        unsafe { u16::from_le_bytes([*ptr.add(2 * i), *ptr.add(2 * i + 1)]) };
+                    let v = if self == DType::BF16 {
+                        f32::from_bits((bits as u32) << 16)
+                    } else {
+                        f16::from_bits(bits).to_f32()
+                    };
+                    buf[i] = v;
+                }
+            }
+            other => unreachable!("widen_in_place on {other:?}"),
+        }
+    }
+
     /// Encodes `values` into little-endian bytes of this math dtype, appending to `out`.
     /// Rounds to nearest even.
     pub fn encode_f32(self, values: &[f32], out: &mut Vec<u8>) {

@@ -20,7 +20,37 @@ use crate::methods::{Input, MergeCtx};
 use crate::plan::{Plan, PlannedTensor};
 
 /// Elements per streamed chunk of an elementwise merge.
-pub const CHUNK: usize = 1 << 18;
+pub const CHUNK: usize = 1 << 16;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A zeroed buffer of `len` values, reusing a chunk-sized buffer of this thread when there is
+/// one (allocating and freeing megabytes per chunk makes the allocator hand pages back to the
+/// kernel and fault them in again, which costs more than the merge).
+pub fn scratch(len: usize) -> Vec<f32> {
+    let mut v = if len <= CHUNK {
+        POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    v.clear();
+    v.resize(len, 0.0);
+    v
+}
+
+/// Returns a buffer from [`scratch`] for reuse.
+pub fn recycle(v: Vec<f32>) {
+    if v.capacity() <= CHUNK {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < 32 {
+                p.push(v);
+            }
+        });
+    }
+}
 
 /// Where merged tensors go.
 pub trait TensorSink: Sync {
@@ -265,18 +295,36 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
     let streamed = plan.method.info().elementwise && numel > chunk && !has_delta;
     let merge = |range: Range<usize>| -> Result<Vec<f32>> {
         let len = range.len();
-        let mut bufs: Vec<Vec<f32>> = Vec::with_capacity(t.sources.len());
-        for (s, info) in t.sources.iter().zip(&infos) {
-            let mut b = vec![0f32; len];
-            read_source(
-                plan,
-                &s.tensor,
-                info,
-                s.model,
-                &t.shape,
-                range.clone(),
-                &mut b,
-            )?;
+        let read_one = |s: &crate::plan::PlannedSource, info: &TensorInfo| -> Result<Vec<f32>> {
+            let mut b = scratch(len);
+            let whole = plan.models[s.model].checkpoint.has_delta(&s.tensor);
+            if streamed || whole || len <= CHUNK {
+                read_source(
+                    plan,
+                    &s.tensor,
+                    info,
+                    s.model,
+                    &t.shape,
+                    range.clone(),
+                    &mut b,
+                )?;
+            } else {
+                // a whole tensor: decode it in parallel chunks
+                b.par_chunks_mut(CHUNK)
+                    .enumerate()
+                    .try_for_each(|(c, part)| {
+                        let start = range.start + c * CHUNK;
+                        read_source(
+                            plan,
+                            &s.tensor,
+                            info,
+                            s.model,
+                            &t.shape,
+                            start..start + part.len(),
+                            part,
+                        )
+                    })?;
+            }
             if info.dtype != t.math {
                 t.math.round_slice(&mut b);
             }
@@ -285,8 +333,21 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
                     .checkpoint
                     .release_elems(info, range.clone());
             }
-            bufs.push(b);
-        }
+            Ok(b)
+        };
+        let bufs: Vec<Vec<f32>> = if streamed {
+            t.sources
+                .iter()
+                .zip(&infos)
+                .map(|(s, info)| read_one(s, info))
+                .collect::<Result<_>>()?
+        } else {
+            t.sources
+                .par_iter()
+                .zip(&infos)
+                .map(|(s, info)| read_one(s, info))
+                .collect::<Result<_>>()?
+        };
         let inputs: Vec<Input> = t
             .sources
             .iter()
@@ -309,14 +370,17 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
             seed: plan.seed,
             is_embed: t.is_embed,
         };
-        let mut out = vec![0f32; len];
-        plan.method
-            .merge(&ctx, &mut out)
-            .map_err(|reason| Error::Method {
-                method: plan.method.info().name.to_string(),
-                tensor: t.name.clone(),
-                reason,
-            })?;
+        let mut out = scratch(len);
+        let merged = plan.method.merge(&ctx, &mut out);
+        drop(inputs);
+        for b in bufs {
+            recycle(b);
+        }
+        merged.map_err(|reason| Error::Method {
+            method: plan.method.info().name.to_string(),
+            tensor: t.name.clone(),
+            reason,
+        })?;
         Ok(out)
     };
     if streamed {
@@ -324,7 +388,9 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
         (0..chunks).into_par_iter().try_for_each(|c| {
             let r = c * chunk..((c + 1) * chunk).min(numel);
             let out = merge(r.clone())?;
-            sink.write_f32(ti, r.start, &out)
+            let written = sink.write_f32(ti, r.start, &out);
+            recycle(out);
+            written
         })
     } else {
         let out = merge(0..numel)?;

@@ -388,13 +388,12 @@ pub fn run(
         .par_iter()
         .map(|f| {
             let p = dir.path().join(&f.name);
-            std::fs::read(&p)
-                .map_err(|e| Error::io(&p, e))
-                .map(|b| FileRecord {
-                    name: f.name.clone(),
-                    size: b.len() as u64,
-                    sha256: lock::sha256_hex(&b),
-                })
+            let size = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
+            Ok(FileRecord {
+                name: f.name.clone(),
+                size,
+                sha256: lock::sha256_file(&p)?,
+            })
         })
         .collect::<Result<_>>()?;
     let lock = Lock {

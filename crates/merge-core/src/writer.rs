@@ -103,10 +103,20 @@ impl<'a> SafetensorsWriter<'a> {
 
 impl TensorSink for SafetensorsWriter<'_> {
     fn write_f32(&self, tensor: usize, offset: usize, values: &[f32]) -> Result<()> {
+        thread_local! {
+            static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let dt = self.plan.tensors[tensor].out_dtype;
-        let mut bytes = Vec::with_capacity(values.len() * dt.size());
-        dt.encode_f32(values, &mut bytes);
-        self.write_at(tensor, (offset * dt.size()) as u64, &bytes)
+        BYTES.with(|b| {
+            let mut bytes = b.borrow_mut();
+            bytes.clear();
+            dt.encode_f32(values, &mut bytes);
+            let r = self.write_at(tensor, (offset * dt.size()) as u64, &bytes);
+            if bytes.capacity() > 1 << 20 {
+                *bytes = Vec::new();
+            }
+            r
+        })
     }
 
     fn write_raw(&self, tensor: usize, bytes: &[u8]) -> Result<()> {

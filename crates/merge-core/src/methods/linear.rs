@@ -42,12 +42,15 @@ impl MergeMethod for Linear {
             .collect::<Result<_, _>>()?;
         let normalize = ctx.global.flag("normalize", true);
         let divisor = m.round(weights.iter().fold(0.0f32, |a, w| a + w));
-        for (j, o) in out.iter_mut().enumerate() {
-            let mut acc = 0.0f32;
-            for (inp, w) in ctx.inputs.iter().zip(&weights) {
-                acc = fma(*w, inp.data[j], acc);
+        // model-major, so each pass is a simple loop the compiler vectorises
+        out.fill(0.0);
+        for (inp, w) in ctx.inputs.iter().zip(&weights) {
+            for (o, x) in out.iter_mut().zip(inp.data) {
+                *o = fma(*w, *x, *o);
             }
-            let s = m.round(acc);
+        }
+        for o in out.iter_mut() {
+            let s = m.round(*o);
             *o = if normalize { m.round(s / divisor) } else { s };
         }
         Ok(())
