@@ -1,6 +1,7 @@
 //! `smelt`: a thin command-line layer over merge-core. Parses arguments, draws progress,
 //! prints warnings and errors; all the work happens in the library.
 
+mod batch;
 mod inspect;
 mod progress;
 
@@ -38,6 +39,10 @@ enum Command {
     /// Convert a Hugging Face model folder to a GGUF file for llama.cpp, ollama and LM Studio
     /// (F32/F16/BF16 or a llama.cpp quantization such as Q4_K_M).
     Quantize(QuantizeArgs),
+    /// Run many recipes, and multi-document YAML (mergekit-multi): named stages, later ones
+    /// reading earlier ones by name, in dependency order; stages whose output still matches
+    /// its lock are skipped; prints a summary table.
+    Batch(batch::BatchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -363,6 +368,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Verify(a) => verify(&a),
+        Command::Batch(a) => batch::run(&a),
         Command::Inspect(a) => {
             inspect::inspect(&a.path)?;
             Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod arch;
+pub mod batch;
 pub mod checkpoint;
 pub mod dtype;
 pub mod error;
