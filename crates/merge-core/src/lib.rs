@@ -11,6 +11,7 @@
 pub mod arch;
 pub mod batch;
 pub mod checkpoint;
+pub mod convert;
 pub mod dtype;
 pub mod error;
 pub mod exec;
