@@ -390,3 +390,100 @@ fn multi_document_example_recipes_run_as_batches() {
     }
     assert!(n >= 1, "expected a multi-stage example in recipes/");
 }
+
+#[test]
+fn progress_names_each_stage_and_why_it_is_built() {
+    let s = Setup::new(&three_stages());
+    let o = smelt()
+        .env("SMELT_CACHE_DIR", s.tmp.path().join("cache"))
+        .arg("batch")
+        .arg(&s.file)
+        .arg("--intermediate-dir")
+        .arg(s.int())
+        .arg("--out-path")
+        .arg(s.final_out())
+        .output()
+        .unwrap();
+    let e = assert_ok(&o);
+    for line in [
+        "building s1 (not built yet)",
+        "s1: built (",
+        "building s2 (not built yet)",
+        "building (out-path) (not built yet)",
+        "(out-path): built (",
+    ] {
+        assert!(e.contains(line), "stderr lacks {line:?}:\n{e}");
+    }
+    // the final stage starts only after both stages it reads have finished
+    let pos = |n: &str| e.find(n).unwrap();
+    assert!(pos("building (out-path)") > pos("s1: built"));
+    assert!(pos("building (out-path)") > pos("s2: built"));
+}
+
+/// The workflow of the README's "Reproducible merges in git": commit the recipe and its lock,
+/// rebuild elsewhere with `--locked`, verify with `smelt verify --inputs`.
+#[test]
+fn readme_lock_workflow_rebuilds_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let recipe = repo.join("recipe.yml");
+    std::fs::write(&recipe, slerp(None, &model("ft1"), &model("ft3"), 0.4)).unwrap();
+    let lock = repo.join("recipe.lock");
+    let smelt_in = |args: &[&std::ffi::OsStr]| {
+        smelt()
+            .env("SMELT_CACHE_DIR", tmp.path().join("cache"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let os = |s: &Path| s.as_os_str().to_owned();
+    let out1 = tmp.path().join("here/out");
+    assert_ok(&smelt_in(&[
+        "run".as_ref(),
+        "-q".as_ref(),
+        &os(&recipe),
+        &os(&out1),
+        "--lock".as_ref(),
+        &os(&lock),
+    ]));
+    assert_eq!(
+        std::fs::read(&lock).unwrap(),
+        std::fs::read(out1.join("smelt.lock")).unwrap()
+    );
+    // "elsewhere": a clone of the repo, the same output folder name
+    let clone = tmp.path().join("clone");
+    std::fs::create_dir_all(&clone).unwrap();
+    for f in ["recipe.yml", "recipe.lock"] {
+        std::fs::copy(repo.join(f), clone.join(f)).unwrap();
+    }
+    let out2 = tmp.path().join("there/out");
+    assert_ok(&smelt_in(&[
+        "run".as_ref(),
+        "-q".as_ref(),
+        &os(&clone.join("recipe.yml")),
+        &os(&out2),
+        "--locked".as_ref(),
+        &os(&clone.join("recipe.lock")),
+    ]));
+    assert_eq!(dir_hashes(&out1), dir_hashes(&out2));
+    let v = smelt_in(&["verify".as_ref(), &os(&out2), "--inputs".as_ref()]);
+    assert_ok(&v);
+    assert!(stdout(&v).starts_with("ok: "), "{}", stdout(&v));
+    // a drifted recipe is refused; a changed output file is reported
+    let text = std::fs::read_to_string(clone.join("recipe.yml")).unwrap();
+    std::fs::write(clone.join("recipe.yml"), text.replace("t: 0.4", "t: 0.5")).unwrap();
+    let o = smelt_in(&[
+        "run".as_ref(),
+        "-q".as_ref(),
+        &os(&clone.join("recipe.yml")),
+        &os(&tmp.path().join("drift")),
+        "--locked".as_ref(),
+        &os(&clone.join("recipe.lock")),
+    ]);
+    assert_fails(&o, &["does not match its lock", "recipe text differs"]);
+    std::fs::write(out2.join("config.json"), "{}").unwrap();
+    let v = smelt_in(&["verify".as_ref(), &os(&out2)]);
+    assert!(!v.status.success());
+    assert!(stdout(&v).contains("DIFFERS") && stdout(&v).contains("config.json"));
+}

@@ -985,4 +985,64 @@ mod tests {
         );
         assert_eq!(seen.into_inner().unwrap().len(), 3);
     }
+
+    #[test]
+    fn jobs_run_independent_stages_side_by_side() {
+        let fx =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/tiny-llama");
+        let m = |n: &str| fx.join(n).display().to_string();
+        let slerp = |name: &str, a: &str, b: &str| {
+            format!(
+                "name: {name}\nmodels:\n  - model: {a}\n  - model: {b}\nmerge_method: slerp\n\
+                 base_model: {a}\nparameters:\n  t: 0.5\ndtype: float32\n"
+            )
+        };
+        let text = format!(
+            "{}---\n{}---\n{}",
+            slerp("p", &m("ft1"), &m("ft2")),
+            slerp("q", &m("ft2"), &m("ft3")),
+            doc(Some("r"), &["p", "q"]),
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let o = BatchOptions {
+            intermediate_dir: Some(tmp.path().to_path_buf()),
+            jobs: 2,
+            merge: MergeOptions {
+                hash_cache: None,
+                threads: 2,
+                ..MergeOptions::default()
+            },
+            ..opts()
+        };
+        let b = Batch::from_texts(&[("f.yml".into(), text)], &o).unwrap();
+        // (running now, most at once, the order of starts and ends)
+        let log = Mutex::new((0usize, 0usize, Vec::new()));
+        let r = run(&b, &o, &|e| {
+            let mut l = log.lock().unwrap();
+            match e {
+                Event::Started { stage, .. } => {
+                    l.0 += 1;
+                    l.1 = l.1.max(l.0);
+                    l.2.push(format!("start {}", stage.label()));
+                }
+                Event::Finished { stage, .. } => {
+                    l.0 -= 1;
+                    l.2.push(format!("end {}", stage.label()));
+                }
+                Event::Progress { .. } => {}
+            }
+        });
+        assert!(r.iter().all(|r| r.status == Status::Built), "{r:?}");
+        let (_, most, order) = log.into_inner().unwrap();
+        assert_eq!(most, 2, "{order:?}");
+        let at = |x: &str| order.iter().position(|o| o == x).unwrap();
+        assert!(
+            at("start r") > at("end p") && at("start r") > at("end q"),
+            "{order:?}"
+        );
+        // each job got half of the threads and of the budget
+        let j = job_options(&o, 2, tmp.path());
+        assert_eq!(j.threads, 1);
+        assert_eq!(j.memory_budget, o.merge.memory_budget / 2);
+    }
 }
