@@ -487,3 +487,24 @@ fn readme_lock_workflow_rebuilds_and_verifies() {
     assert!(!v.status.success());
     assert!(stdout(&v).contains("DIFFERS") && stdout(&v).contains("config.json"));
 }
+
+#[test]
+fn check_lints_every_document_and_run_points_to_batch() {
+    let s = Setup::new(&three_stages());
+    let o = run(&["check", s.file.to_str().unwrap()]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    for want in [
+        "stages.yml document 1 (line 3, unnamed stage): ok (linear merge of 2 models)",
+        "stages.yml document 2 (line 13, stage s1): ok (slerp merge of 2 models)",
+        "stages.yml document 3 (line 23, stage s2): ok (slerp merge of 2 models)",
+    ] {
+        assert!(out.contains(want), "lacks {want:?}:\n{out}");
+    }
+    let o = run(&[
+        "run",
+        s.file.to_str().unwrap(),
+        s.tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert_fails(&o, &["holds 3 recipes", "smelt batch"]);
+}

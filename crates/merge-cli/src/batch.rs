@@ -4,15 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use merge_core::batch::{self, Batch, BatchOptions, Event, Stage, StageResult, Status};
 use merge_core::merge::MergeOptions;
+use merge_core::recipe::Recipe;
 
 use crate::progress::human;
 
@@ -56,6 +57,52 @@ pub struct BatchArgs {
     /// Accepted for mergekit-multi compatibility (skipping finished stages is the default).
     #[arg(long, hide = true)]
     lazy: bool,
+}
+
+/// Reads the one recipe of `path` (`smelt run`, `smelt plan`); a file of several documents
+/// is an error pointing at `smelt batch`.
+pub fn load_single(path: &Path) -> Result<Recipe> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let n = batch::split_documents(&text).len();
+    if n > 1 {
+        anyhow::bail!(
+            "{}: holds {n} recipes separated by `---` lines; run it with `smelt batch {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(Recipe::load(path)?)
+}
+
+/// The recipes of a file for `smelt check`, each with a label: the file, or for a file of
+/// several documents every document with its stage name.
+pub fn recipes_in(path: &Path) -> Result<Vec<(String, Recipe)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let docs = batch::parse_documents(path, &text)?;
+    if docs.len() <= 1 {
+        return Ok(vec![(path.display().to_string(), Recipe::load(path)?)]);
+    }
+    Ok(docs
+        .into_iter()
+        .enumerate()
+        .map(|(k, (d, r))| {
+            let stage = r
+                .name
+                .as_deref()
+                .map_or("unnamed stage".to_string(), |n| format!("stage {n}"));
+            (
+                format!(
+                    "{} document {} (line {}, {stage})",
+                    path.display(),
+                    k + 1,
+                    d.line
+                ),
+                r,
+            )
+        })
+        .collect())
 }
 
 /// Progress on stderr: a line per stage started and ended, and on a terminal one line redrawn

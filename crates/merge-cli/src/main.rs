@@ -281,8 +281,7 @@ fn warn(msgs: &[String]) {
 }
 
 fn load(path: &Path) -> Result<Recipe> {
-    let r = Recipe::load(path)?;
-    Ok(r)
+    batch::load_single(path)
 }
 
 fn plan_options(f: &PlanFlags) -> PlanOptions {
@@ -363,13 +362,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check(a) => {
             let mut bad = 0;
-            for path in &a.recipes {
-                match load(path).and_then(|r| Ok((plan::check_recipe(&r)?, r))) {
-                    Ok((warnings, r)) => {
+            let each = a.recipes.iter().flat_map(|p| match batch::recipes_in(p) {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            });
+            for item in each {
+                match item.and_then(|(label, r)| Ok((plan::check_recipe(&r)?, r, label))) {
+                    Ok((warnings, r, label)) => {
                         warn(&warnings);
                         println!(
-                            "{}: ok ({} merge of {} models{})",
-                            path.display(),
+                            "{label}: ok ({} merge of {} models{})",
                             r.merge_method,
                             r.referenced_models().len(),
                             if warnings.is_empty() {

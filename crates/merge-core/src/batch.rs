@@ -267,6 +267,22 @@ pub fn split_documents(text: &str) -> Vec<Document> {
     docs
 }
 
+/// Parses every document of a batch file into a recipe (the text each recipe keeps is its
+/// own document; line numbers in errors count from the top of the file). Stage names are not
+/// resolved here.
+pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<(Document, Recipe)>, Error> {
+    split_documents(text)
+        .into_iter()
+        .map(|doc| {
+            // blank lines before the document keep the parser's line numbers absolute
+            let padded = "\n".repeat(doc.line - 1) + &doc.text;
+            let mut recipe = Recipe::parse(&padded, path, &file_dir(path))?;
+            recipe.text = doc.text.clone();
+            Ok((doc, recipe))
+        })
+        .collect()
+}
+
 fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
@@ -325,11 +341,7 @@ impl Batch {
                 return Err(BatchError::Empty { path: path.clone() });
             }
             let single = docs.len() == 1;
-            for (k, doc) in docs.into_iter().enumerate() {
-                // blank lines before the document keep the parser's line numbers absolute
-                let padded = "\n".repeat(doc.line - 1) + &doc.text;
-                let mut recipe = Recipe::parse(&padded, path, &file_dir(path))?;
-                recipe.text = doc.text;
+            for (k, (doc, recipe)) in parse_documents(path, text)?.into_iter().enumerate() {
                 let at = format!("{} document {} (line {})", path.display(), k + 1, doc.line);
                 let name = match recipe.name.clone() {
                     Some(n) => Some(n),
