@@ -81,6 +81,16 @@ pub enum BatchError {
         /// Where it is.
         at: String,
     },
+    /// Two stages would write the same folder.
+    #[error("{first} and {second} would both write to {}", .out.display())]
+    SameOutput {
+        /// The folder.
+        out: PathBuf,
+        /// The first stage.
+        first: String,
+        /// The second stage.
+        second: String,
+    },
     /// A file holds no document at all.
     #[error("{path}: no recipe in this file")]
     Empty {
@@ -388,6 +398,13 @@ impl Batch {
                         None => return Err(BatchError::MissingOutPath { stage: at }),
                     },
                 };
+                if let Some(other) = stages.iter().find(|s| s.out == out) {
+                    return Err(BatchError::SameOutput {
+                        out,
+                        first: other.location(),
+                        second: at,
+                    });
+                }
                 stages.push(Stage {
                     name,
                     file: path.clone(),
@@ -941,6 +958,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--out-path"), "{e}");
+        let clash = BatchOptions {
+            out_path: Some(PathBuf::from("/tmp/int/a")),
+            ..opts()
+        };
+        let text = format!("{}---\n{}", doc(Some("a"), &["m"]), doc(None, &["other"]));
+        let e = Batch::from_texts(&[("f.yml".into(), text)], &clash)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("would both write to /tmp/int/a"), "{e}");
         let e = load(&[("f.yml", &doc(Some("../x"), &["m"]))])
             .unwrap_err()
             .to_string();
