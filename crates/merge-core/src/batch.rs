@@ -451,6 +451,19 @@ impl Batch {
         Ok(Batch { stages: ordered })
     }
 
+    /// The most stages of one dependency level (stages at the same distance from the stages
+    /// that read nothing else can always run side by side): more jobs than this would only
+    /// shrink every job's share of threads and memory.
+    pub fn width(&self) -> usize {
+        let mut level = vec![0usize; self.stages.len()];
+        let mut count: BTreeMap<usize, usize> = BTreeMap::new();
+        for (i, s) in self.stages.iter().enumerate() {
+            level[i] = s.deps.iter().map(|&d| level[d] + 1).max().unwrap_or(0);
+            *count.entry(level[i]).or_default() += 1;
+        }
+        count.values().copied().max().unwrap_or(1)
+    }
+
     /// Indexes of the stages that read stage `i`, directly or not.
     pub fn dependants(&self, i: usize) -> Vec<usize> {
         let mut hit = vec![false; self.stages.len()];
@@ -713,7 +726,7 @@ pub fn run(
     events: &(dyn Fn(Event<'_>) + Sync),
 ) -> Vec<StageResult> {
     let n = batch.stages.len();
-    let jobs = opts.jobs.max(1).min(n.max(1));
+    let jobs = opts.jobs.max(1).min(batch.width());
     let cache = HashCache::load(opts.merge.hash_cache.clone());
     let state = Mutex::new(Sched {
         results: vec![None; n],
@@ -871,6 +884,7 @@ mod tests {
         assert_eq!((b.stages[0].document, b.stages[0].line), (3, 20));
         assert_eq!(b.dependants(0), [1, 2]);
         assert_eq!(b.dependants(1), [2]);
+        assert_eq!(b.width(), 1);
     }
 
     #[test]
@@ -904,7 +918,9 @@ mod tests {
             doc(Some("y"), &["m"]),
             doc(Some("x"), &["m"]),
         );
-        assert_eq!(names(&load(&[("f.yml", &text)]).unwrap()), ["z", "y", "x"]);
+        let b = load(&[("f.yml", &text)]).unwrap();
+        assert_eq!(names(&b), ["z", "y", "x"]);
+        assert_eq!(b.width(), 3);
     }
 
     #[test]
