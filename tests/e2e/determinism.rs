@@ -45,8 +45,7 @@ fn thread_count_does_not_change_a_single_bit() {
 fn same_recipe_inputs_and_seed_give_the_same_bytes_run_after_run() {
     let fx = fixtures();
     let tmp = tempfile::tempdir().unwrap();
-    // TODO(batch): add "dare_linear" once the random methods are on main
-    for recipe in ["slerp_t"] {
+    for recipe in ["slerp_t", "dare_linear"] {
         let r = fx.join("recipes").join(format!("{recipe}.yml"));
         let merge = |tag: &str, threads: &str, seed: &str| {
             // the same folder name each time: the model card names it
