@@ -178,11 +178,7 @@ fn main() {
         let dir = Path::new(out).join(m);
         if let Some(t) = &tokenizer {
             std::fs::create_dir_all(&dir).expect("create member folder");
-            for f in [
-                "tokenizer.json",
-                "tokenizer_config.json",
-                "special_tokens_map.json",
-            ] {
+            for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
                 let src = Path::new(t).join(f);
                 if src.is_file() && !dir.join(f).exists() {
                     std::fs::copy(&src, dir.join(f)).expect("copy tokenizer file");
