@@ -2,6 +2,7 @@
 //! area. Fixtures live in `tests/fixtures/` (a copy of the public parity set); synthetic
 //! checkpoints for error cases are written by `util`.
 
+mod batch;
 mod cli;
 mod determinism;
 mod errors;

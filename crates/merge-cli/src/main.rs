@@ -1,6 +1,7 @@
 //! `smelt`: a thin command-line layer over merge-core. Parses arguments, draws progress,
 //! prints warnings and errors; all the work happens in the library.
 
+mod batch;
 mod inspect;
 mod progress;
 
@@ -41,6 +42,10 @@ enum Command {
     /// Convert a Hugging Face model folder to a GGUF file for llama.cpp, ollama and LM Studio
     /// (F32/F16/BF16 or a llama.cpp quantization such as Q4_K_M).
     Quantize(QuantizeArgs),
+    /// Run many recipes, and multi-document YAML (mergekit-multi): named stages, later ones
+    /// reading earlier ones by name, in dependency order; stages whose output still matches
+    /// its lock are skipped; prints a summary table.
+    Batch(batch::BatchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -276,8 +281,7 @@ fn warn(msgs: &[String]) {
 }
 
 fn load(path: &Path) -> Result<Recipe> {
-    let r = Recipe::load(path)?;
-    Ok(r)
+    batch::load_single(path)
 }
 
 fn plan_options(f: &PlanFlags) -> PlanOptions {
@@ -358,13 +362,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check(a) => {
             let mut bad = 0;
-            for path in &a.recipes {
-                match load(path).and_then(|r| Ok((plan::check_recipe(&r)?, r))) {
-                    Ok((warnings, r)) => {
+            let each = a.recipes.iter().flat_map(|p| match batch::recipes_in(p) {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            });
+            for item in each {
+                match item.and_then(|(label, r)| Ok((plan::check_recipe(&r)?, r, label))) {
+                    Ok((warnings, r, label)) => {
                         warn(&warnings);
                         println!(
-                            "{}: ok ({} merge of {} models{})",
-                            path.display(),
+                            "{label}: ok ({} merge of {} models{})",
                             r.merge_method,
                             r.referenced_models().len(),
                             if warnings.is_empty() {
@@ -387,6 +394,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Verify(a) => verify(&a),
+        Command::Batch(a) => batch::run(&a),
         Command::Convert(a) => {
             let files = merge_core::convert::convert(
                 &a.model,

@@ -5,10 +5,12 @@
 //! a rayon pool under a memory budget) → [`methods`] (how: one kernel per merge method) →
 //! a sink ([`writer`] for safetensors shards). [`checkpoint`] opens inputs read-only with
 //! memory maps, [`arch`] knows model layouts, [`output`] assembles the folder atomically and
-//! [`merge`] ties it all together. The library never prints; progress is a callback.
+//! [`merge`] ties it all together; [`batch`] runs many recipes as stages of one build. The
+//! library never prints; progress is a callback.
 #![deny(missing_docs)]
 
 pub mod arch;
+pub mod batch;
 pub mod checkpoint;
 pub mod convert;
 pub mod dtype;
