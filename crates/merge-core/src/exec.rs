@@ -102,7 +102,8 @@ pub fn tensor_cost(plan: &Plan, t: &PlannedTensor, threads: usize) -> u64 {
     if t.raw_copy {
         return 0;
     }
-    if plan.method.info().elementwise {
+    let remapped = t.sources.iter().any(|s| s.rows.is_some());
+    if plan.method.info().elementwise && !remapped {
         // chunks in flight: f32 buffers per input and the output, plus the mapped input pages
         // (released chunk by chunk)
         let live = n.min((CHUNK * threads) as u64);
@@ -262,21 +263,26 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
         .sources
         .iter()
         .any(|s| plan.models[s.model].checkpoint.has_delta(&s.tensor));
-    let streamed = plan.method.info().elementwise && numel > chunk && !has_delta;
+    // inputs remapped to a built vocabulary are assembled whole (crate::vocab::rows)
+    let remapped = t.sources.iter().any(|s| s.rows.is_some());
+    let streamed = plan.method.info().elementwise && numel > chunk && !has_delta && !remapped;
     let merge = |range: Range<usize>| -> Result<Vec<f32>> {
         let len = range.len();
         let mut bufs: Vec<Vec<f32>> = Vec::with_capacity(t.sources.len());
-        for (s, info) in t.sources.iter().zip(&infos) {
+        for (si, (s, info)) in t.sources.iter().zip(&infos).enumerate() {
             let mut b = vec![0f32; len];
-            read_source(
-                plan,
-                &s.tensor,
-                info,
-                s.model,
-                &t.shape,
-                range.clone(),
-                &mut b,
-            )?;
+            match &s.rows {
+                Some(map) => crate::vocab::read_remapped(plan, t, si, map, &mut b)?,
+                None => read_source(
+                    plan,
+                    &s.tensor,
+                    info,
+                    s.model,
+                    &t.shape,
+                    range.clone(),
+                    &mut b,
+                )?,
+            }
             if info.dtype != t.math {
                 t.math.round_slice(&mut b);
             }
