@@ -11,3 +11,4 @@ mod parity;
 mod quantize;
 mod recipes;
 mod util;
+mod vocab;

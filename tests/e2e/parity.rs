@@ -17,7 +17,7 @@ const NOT_YET: &[(&str, &str)] = &[
     ("della", "method not implemented yet"),
     ("sce", "method not implemented yet"),
     ("task_arithmetic", "method not implemented yet"),
-    ("ties", "tokenizer_source is not implemented yet"),
+    ("ties", "method not implemented yet"),
 ];
 
 /// Recipes whose output must be byte-identical to mergekit's.
