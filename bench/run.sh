@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Merge benchmark on a synthetic TinyLlama-1.1B-shaped family (bf16, sharded: base, ft1, ft2).
 #
-#   bench/run.sh [METHOD...]        methods: linear (default), ties, dare_ties, slerp, task_arithmetic
+#   bench/run.sh [METHOD...]   methods: linear (default), ties, dare_ties, slerp, task_arithmetic,
+#                              linear-q4km (the linear merge written as Q4_K_M GGUF in one pass)
 #
 # For each method it measures, in the same run: smelt's wall time and peak RSS
 # (/usr/bin/time -v), and the I/O floor (bench's io-floor: read every input byte once, write
@@ -16,13 +17,13 @@ methods=("$@"); [ ${#methods[@]} -gt 0 ] || methods=(linear)
 
 cargo build --release -q -p merge-cli -p smelt-bench
 SMELT="$PWD/target/release/smelt"
-"$PWD/target/release/gen-family" "$BENCH_DIR/family"
+"$PWD/target/release/gen-family" "$BENCH_DIR/family" --tokenizer "$PWD/tests/fixtures/models/tiny-llama/base"
 F="$BENCH_DIR/family"
 mkdir -p "$BENCH_DIR/recipes"
 
 recipe() {
   case "$1" in
-    linear) cat <<Y
+    linear|linear-q4km) cat <<Y
 models:
   - {model: $F/base, parameters: {weight: 0.4}}
   - {model: $F/ft1, parameters: {weight: 0.3}}
@@ -58,12 +59,12 @@ echo "family: $F ($((in_bytes / 1000000)) MB of inputs), threads: $THREADS"
 echo "method,smelt_s,floor_s,floor_over_smelt,read_gbps,peak_rss_mb"
 for m in "${methods[@]}"; do
   recipe "$m" > "$BENCH_DIR/recipes/$m.yml"
-  case "$m" in linear|slerp) used="$inputs" ;; *) used="$inputs" ;; esac
-  [ "$m" = slerp ] && used=$(ls "$F"/ft1/*.safetensors "$F"/ft2/*.safetensors)
+  used="$inputs"; [ "$m" = slerp ] && used=$(ls "$F"/ft1/*.safetensors "$F"/ft2/*.safetensors)
   used_bytes=$(cat $used | wc -c)
   out="$BENCH_DIR/out-$m"; rm -rf "$out"
   floor=$("$PWD/target/release/io-floor" "$BENCH_DIR/floor.bin" "$out_bytes" $used | sed 's/.*io_floor_seconds=\([0-9.]*\).*/\1/')
-  /usr/bin/time -v "$SMELT" run --quiet --threads "$THREADS" "$BENCH_DIR/recipes/$m.yml" "$out" 2> "$BENCH_DIR/time-$m.txt"
+  extra=(); [ "$m" = linear-q4km ] && extra=(--gguf Q4_K_M --pre gpt-2)
+  /usr/bin/time -v "$SMELT" run --quiet --threads "$THREADS" "${extra[@]}" "$BENCH_DIR/recipes/$m.yml" "$out" 2> "$BENCH_DIR/time-$m.txt"
   wall=$(grep "Elapsed (wall clock)" "$BENCH_DIR/time-$m.txt" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
   rss=$(grep "Maximum resident set size" "$BENCH_DIR/time-$m.txt" | awk '{print $NF}')
   python3 - "$m" "$wall" "$floor" "$used_bytes" "$rss" <<'P'

@@ -220,3 +220,33 @@ fn gguf_python_reader_reads_smelts_file() {
         }
     }
 }
+
+#[test]
+fn inspect_reads_gguf_files() {
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m");
+    assert_ok(&run(&[
+        "run",
+        "-q",
+        "--gguf",
+        "Q4_K_M",
+        "--pre",
+        "gpt-2",
+        fx.join("recipes/linear_weighted.yml").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]));
+    let o = run(&["inspect", out.join("m-Q4_K_M.gguf").to_str().unwrap()]);
+    assert_ok(&o);
+    let s = stdout(&o);
+    assert!(s.contains("GGUF v3") && s.contains("39 tensors"), "{s}");
+    assert!(
+        s.contains("general.architecture (STRING) = \"llama\""),
+        "{s}"
+    );
+    assert!(s.contains("general.file_type (UINT32) = 15"), "{s}");
+    assert!(
+        s.contains("token_embd.weight") && s.contains("213568 parameters"),
+        "{s}"
+    );
+}

@@ -107,3 +107,40 @@ fn model_plus_lora_matches_mergekit_bit_for_bit() {
         assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stdout));
     }
 }
+
+#[test]
+fn convert_rewrites_bin_and_lora_models_as_safetensors() {
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ft1");
+    assert_ok(&run(&[
+        "convert",
+        fx.join("torch/tiny-llama-ft1-bin").to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        read_safetensors(&out.join("model.safetensors")),
+        read_safetensors(&fx.join("models/tiny-llama/ft1/model.safetensors"))
+    );
+    assert!(out.join("config.json").is_file() && out.join("tokenizer.json").is_file());
+    // base+lora converted, then merged 0.6/0.4 with ft1, equals mergekit's merge of base+lora
+    let lora = tmp.path().join("base-lora");
+    let reference = format!(
+        "{}+{}",
+        fx.join("models/tiny-llama/base").display(),
+        fx.join("lora/tiny-llama-lora-r4").display()
+    );
+    assert_ok(&run(&["convert", &reference, lora.to_str().unwrap()]));
+    let merged = merged_tensors(
+        &format!(
+            "merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 0.6}}\n  - model: {}\n    parameters: {{weight: 0.4}}\ndtype: float32\n",
+            lora.display(),
+            fx.join("models/tiny-llama/ft1").display()
+        ),
+        tmp.path(),
+    );
+    assert_eq!(
+        merged,
+        read_safetensors(&fx.join("lora/golden/lora_linear/model.safetensors"))
+    );
+}

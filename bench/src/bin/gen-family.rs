@@ -2,7 +2,9 @@
 //! FFN 5632, 32 heads / 4 KV heads, vocab 32000, untied head) in bf16, sharded like the hub
 //! (2 GB shards + index): `base`, and fine-tunes `ft1`, `ft2` = base + small deltas.
 //!
-//!     gen-family OUT_DIR [--members base,ft1,ft2] [--shard-bytes N]
+//!     gen-family OUT_DIR [--members base,ft1,ft2] [--shard-bytes N] [--tokenizer DIR]
+//!
+//! `--tokenizer DIR` copies DIR's tokenizer files into every member (a GGUF export needs one).
 //!
 //! Values are deterministic (a counter-based hash per tensor and element), so every run makes
 //! the same bytes.
@@ -158,11 +160,13 @@ fn main() {
     };
     let mut members = "base,ft1,ft2".to_string();
     let mut shard_bytes = 2_000_000_000usize;
+    let mut tokenizer: Option<String> = None;
     let mut i = 1;
     while i + 1 < args.len() {
         match args[i].as_str() {
             "--members" => members = args[i + 1].clone(),
             "--shard-bytes" => shard_bytes = args[i + 1].parse().expect("--shard-bytes N"),
+            "--tokenizer" => tokenizer = Some(args[i + 1].clone()),
             other => {
                 eprintln!("unknown option {other}");
                 std::process::exit(2);
@@ -172,6 +176,19 @@ fn main() {
     }
     for (k, m) in members.split(',').enumerate() {
         let dir = Path::new(out).join(m);
+        if let Some(t) = &tokenizer {
+            std::fs::create_dir_all(&dir).expect("create member folder");
+            for f in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+            ] {
+                let src = Path::new(t).join(f);
+                if src.is_file() && !dir.join(f).exists() {
+                    std::fs::copy(&src, dir.join(f)).expect("copy tokenizer file");
+                }
+            }
+        }
         if dir.join("config.json").exists() {
             eprintln!("{} exists, skipping", dir.display());
             continue;

@@ -5,12 +5,88 @@ use std::path::Path;
 use anyhow::Result;
 use merge_core::checkpoint::Checkpoint;
 use merge_core::exec;
+use merge_core::gguf::file::{GgufFile, GgufValue};
 use merge_core::plan::Plan;
 
 use crate::progress::human;
 
-/// Prints every tensor of a checkpoint and totals.
+fn show_value(v: &GgufValue) -> String {
+    match v {
+        GgufValue::String(s) => {
+            let s: String = s.chars().take(80).collect::<String>().replace('\n', "\\n");
+            format!("{s:?}")
+        }
+        GgufValue::Array(t, items) => {
+            let head: Vec<String> = items.iter().take(4).map(show_value).collect();
+            let more = if items.len() > 4 { ", ..." } else { "" };
+            format!(
+                "{} x {}: [{}{more}]",
+                items.len(),
+                t.name(),
+                head.join(", ")
+            )
+        }
+        GgufValue::U8(x) => x.to_string(),
+        GgufValue::I8(x) => x.to_string(),
+        GgufValue::U16(x) => x.to_string(),
+        GgufValue::I16(x) => x.to_string(),
+        GgufValue::U32(x) => x.to_string(),
+        GgufValue::I32(x) => x.to_string(),
+        GgufValue::U64(x) => x.to_string(),
+        GgufValue::I64(x) => x.to_string(),
+        GgufValue::F32(x) => x.to_string(),
+        GgufValue::F64(x) => x.to_string(),
+        GgufValue::Bool(x) => x.to_string(),
+    }
+}
+
+/// Prints a GGUF file's metadata (with value types) and tensors (type, ggml shape, size).
+fn inspect_gguf(path: &Path) -> Result<()> {
+    let f = GgufFile::open(path)?;
+    println!(
+        "{}: GGUF v{}, {} metadata keys, {} tensors, alignment {}",
+        path.display(),
+        f.version(),
+        f.metadata().len(),
+        f.tensors().len(),
+        f.alignment()
+    );
+    println!("metadata:");
+    for (k, v) in f.metadata() {
+        println!("  {k} ({}) = {}", v.value_type().name(), show_value(v));
+    }
+    println!("tensors:");
+    let w = f.tensors().iter().map(|t| t.name.len()).max().unwrap_or(0);
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut params = 0u64;
+    for t in f.tensors() {
+        *counts.entry(t.ty.name()).or_default() += 1;
+        params += t.n_elements();
+        println!(
+            "  {:<w$}  {:<5} {:<18} {}",
+            t.name,
+            t.ty.name(),
+            format!("{:?}", t.dims),
+            human(t.n_bytes())
+        );
+    }
+    let types: Vec<String> = counts.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+    println!(
+        "total: {params} parameters, {} file, types: {}",
+        human(f.file_len()),
+        types.join(", ")
+    );
+    Ok(())
+}
+
+/// Prints every tensor of a checkpoint (or GGUF file) and totals.
 pub fn inspect(path: &Path) -> Result<()> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return inspect_gguf(path);
+    }
     let ck = Checkpoint::open(path, &path.display().to_string())?;
     println!(
         "{}: {} tensors in {} file(s)",

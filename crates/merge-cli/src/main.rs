@@ -32,12 +32,32 @@ enum Command {
     Check(CheckArgs),
     /// List the tensors (dtype, shape, size) of a checkpoint folder or file.
     Inspect(InspectArgs),
+    /// Rewrite a checkpoint (PyTorch .bin, sharded or not, or `model+lora`) as safetensors with
+    /// the same tensor names, with its config and tokenizer files.
+    Convert(ConvertArgs),
     /// Check that a merged folder still matches its smelt.lock (and, with --inputs, that the
     /// input models are the ones that were locked). Names every file that differs.
     Verify(VerifyArgs),
     /// Convert a Hugging Face model folder to a GGUF file for llama.cpp, ollama and LM Studio
     /// (F32/F16/BF16 or a llama.cpp quantization such as Q4_K_M).
     Quantize(QuantizeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConvertArgs {
+    /// The model: a folder, a weights file, or `MODEL+LORA_ADAPTER`.
+    model: String,
+    /// The output folder.
+    out: PathBuf,
+    /// Maximum size of an output shard (as for `run`).
+    #[arg(long, default_value = "5B", value_parser = parse_size)]
+    out_shard_size: i64,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 'j', env = "SMELT_THREADS", default_value_t = 0)]
+    threads: usize,
+    /// Replace a non-empty output folder.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -56,8 +76,12 @@ struct VerifyArgs {
 struct QuantizeArgs {
     /// The Hugging Face model folder (config.json, safetensors, tokenizer files).
     model: PathBuf,
+    /// The GGUF file to write (or give it with -o; default: NAME-TYPE.gguf in the current
+    /// folder, NAME being the model folder's name).
+    out: Option<PathBuf>,
     /// The GGUF file to write.
-    out: PathBuf,
+    #[arg(long = "output", short = 'o', conflicts_with = "out")]
+    output: Option<PathBuf>,
     /// llama.cpp file type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S,
     /// Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K (case-insensitive).
     #[arg(long = "type", short = 't', default_value = "Q4_K_M")]
@@ -363,22 +387,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Verify(a) => verify(&a),
+        Command::Convert(a) => {
+            let files = merge_core::convert::convert(
+                &a.model,
+                Path::new("."),
+                &a.out,
+                a.out_shard_size,
+                a.threads,
+                a.force,
+            )
+            .with_context(|| format!("converting {}", a.model))?;
+            let total: u64 = files.iter().map(|f| f.size).sum();
+            eprintln!(
+                "wrote {} files ({}) to {}",
+                files.len(),
+                progress::human(total),
+                a.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect(a) => {
             inspect::inspect(&a.path)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Quantize(a) => {
             let ftype = merge_core::gguf::FileType::parse(&a.ftype)?;
-            if a.out.exists() && !a.force {
+            let out = match a.out.clone().or(a.output.clone()) {
+                Some(p) => p,
+                None => {
+                    let name = std::path::absolute(&a.model)?
+                        .file_name()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "model".into());
+                    PathBuf::from(format!("{name}-{}.gguf", ftype.name()))
+                }
+            };
+            if out.exists() && !a.force {
                 anyhow::bail!(
                     "{} already exists (pass --force to replace it)",
-                    a.out.display()
+                    out.display()
                 );
             }
             let t0 = std::time::Instant::now();
             let r = merge_core::gguf::convert::convert_folder(
                 &a.model,
-                &a.out,
+                &out,
                 ftype,
                 a.pre.as_deref(),
                 a.threads,
@@ -386,7 +439,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             .with_context(|| format!("converting {} to GGUF", a.model.display()))?;
             eprintln!(
                 "wrote {} ({} {}, {} tensors, {}, pre-tokenizer {}) in {:.1}s",
-                a.out.display(),
+                out.display(),
                 r.arch.name(),
                 r.ftype,
                 r.tensors,

@@ -10,6 +10,7 @@
 
 pub mod arch;
 pub mod checkpoint;
+pub mod convert;
 pub mod dtype;
 pub mod error;
 pub mod exec;

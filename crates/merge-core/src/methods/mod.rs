@@ -19,6 +19,13 @@
 use crate::dtype::DType;
 
 pub mod arcee_fusion;
+pub mod breadcrumbs;
+pub mod breadcrumbs_ties;
+pub mod consensus;
+pub mod dare_linear;
+pub mod dare_ties;
+pub mod della;
+pub mod della_linear;
 pub mod karcher;
 pub mod linear;
 pub mod model_stock;
@@ -26,8 +33,16 @@ pub mod multislerp;
 pub mod nearswap;
 pub mod nuslerp;
 pub mod passthrough;
+pub mod ram;
+pub mod ramplus_tl;
 pub mod rng;
+pub mod round;
+pub mod sce;
 pub mod slerp;
+pub mod sparsify;
+pub mod task_arithmetic;
+pub mod task_family;
+pub mod ties;
 pub mod vecmath;
 
 /// Fixed chunk length (elements) for deterministic parallel reductions.
@@ -258,10 +273,21 @@ pub fn all() -> &'static [&'static dyn MergeMethod] {
         &nuslerp::NuSlerp,
         &multislerp::MultiSlerp,
         &karcher::Karcher,
+        &task_arithmetic::TaskArithmetic,
+        &ties::Ties,
+        &dare_ties::DareTies,
+        &dare_linear::DareLinear,
+        &breadcrumbs::Breadcrumbs,
+        &breadcrumbs_ties::BreadcrumbsTies,
+        &della::Della,
+        &della_linear::DellaLinear,
+        &sce::Sce,
         &model_stock::ModelStock,
         &nearswap::NearSwap,
         &arcee_fusion::ArceeFusion,
         &passthrough::Passthrough,
+        &ram::Ram,
+        &ramplus_tl::RamPlusTl,
     ]
 }
 

@@ -1,0 +1,882 @@
+//! Sparsification primitives of the task-arithmetic family: which elements of a task vector
+//! survive (magnitude top-k for TIES, Bernoulli drop for DARE, magnitude outliers for
+//! breadcrumbs, rank-dependent drop for DELLA) and the L1 rescale that follows a drop.
+//!
+//! Nothing here copies a task vector. It is read through [`Values`] (e.g. [`Delta`], which
+//! computes `round(x − base)` on the fly), and a sparsifier returns a [`Mask`]: a compact
+//! description of the kept set (a threshold with per-chunk tie quotas for the magnitude
+//! methods, packed bits for DARE, one flag per element for DELLA) that a kernel walks chunk by
+//! chunk with a [`MaskCursor`] while it computes its output. Whole-tensor work (histograms for the top-k threshold, L1 norms) runs
+//! in parallel over fixed chunks of [`CHUNK`] elements whose partial results are integers or are
+//! combined in chunk order, so masks and factors never depend on the thread count.
+//!
+//! # Order of elements and ties
+//!
+//! Every magnitude-based primitive uses one total order, the *priority*: larger `|δ|` first
+//! (compared as `f32`, NaN above +∞), and among equal magnitudes the **lower element index
+//! first**. Then
+//! * magnitude top-k keeps the first `k` elements of the priority order (so among equal
+//!   magnitudes at the threshold, lower indices are kept);
+//! * magnitude_outliers keeps priority positions `[top, n − bot)` (equivalently mergekit's
+//!   ascending positions `[bot, n − top)`);
+//! * della ranks elements of a row by ascending priority (rank 1 = lowest priority).
+//!
+//! mergekit breaks these ties by an unstable sort, i.e. arbitrarily; smelt's rule makes the
+//! result reproducible.
+//!
+//! Top-k is a selection, never a sort: a two-pass radix select over the 32-bit patterns of
+//! `|δ|` (high 16 bits, then low 16 bits among the candidates; skipped when every value is a
+//! bf16 pattern) finds the threshold; a third
+//! pass, only when the threshold value is tied and not all ties fit, counts the tied elements
+//! per chunk so each chunk knows how many of its own ties to keep.
+//!
+//! # Numbers
+//!
+//! `k = int(density·numel)` is computed as in Python (f64 product, truncation). Random draws
+//! come from [`RngKey::uniform`] keyed by (seed, tensor name, model index, element index): a
+//! mask is identical at any thread count and on any machine. Rescaling follows the current
+//! mergekit rule: `masked · (‖δ‖₁ / ‖masked‖₁)`, skipped if either norm is below `1e-7`, with
+//! the norms and the ratio rounded to the work dtype.
+//!
+//! # Divergence from mergekit
+//!
+//! * Magnitude top-k with `k = int(density·numel) == 0` (tiny tensors at low density) keeps
+//!   nothing (the task vector is zeroed); mergekit fails an assertion.
+//! * magnitude_outliers with `int(gamma·numel) == 0` removes no outliers and keeps the
+//!   `int(density·numel)` largest; mergekit's slice `[bot:-0]` is empty and zeroes the whole
+//!   task vector. `gamma` outside `[0, 1]` is an error (mergekit slices nonsensically).
+//! * della_magprune on a row of one element uses the middle probability (`rank_norm = 0.5`,
+//!   i.e. `p ≈ density`); mergekit computes `0/0` and `torch.bernoulli` rejects the NaN.
+//! * Random masks use smelt's counter-based generator, not torch's: for `density < 1` DARE and
+//!   DELLA results agree with mergekit statistically, not bit for bit.
+//! * Ties are broken as described above, not arbitrarily.
+
+use super::REDUCE_CHUNK;
+use super::rng::RngKey;
+use super::round::{Round, round_dyn};
+use crate::dtype::DType;
+use rayon::prelude::*;
+use std::marker::PhantomData;
+
+/// Fixed chunk length (elements) of the parallel passes and of [`Mask::cursor`].
+pub const CHUNK: usize = REDUCE_CHUNK;
+
+/// A read-only vector of values addressed by index (a task vector, a variance, ...).
+pub trait Values: Sync {
+    /// Number of elements.
+    fn numel(&self) -> usize;
+    /// The value at `i`.
+    fn at(&self, i: usize) -> f32;
+}
+
+impl Values for [f32] {
+    fn numel(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn at(&self, i: usize) -> f32 {
+        self[i]
+    }
+}
+
+/// A task vector `round(x − base)` computed on the fly in the math dtype `R`.
+#[derive(Debug, Clone, Copy)]
+pub struct Delta<'a, R: Round> {
+    /// The model's values.
+    pub x: &'a [f32],
+    /// The base model's values (same length).
+    pub base: &'a [f32],
+    _round: PhantomData<R>,
+}
+
+impl<'a, R: Round> Delta<'a, R> {
+    /// The task vector `x − base`.
+    pub fn new(x: &'a [f32], base: &'a [f32]) -> Self {
+        Delta {
+            x,
+            base,
+            _round: PhantomData,
+        }
+    }
+}
+
+impl<R: Round> Values for Delta<'_, R> {
+    fn numel(&self) -> usize {
+        self.x.len()
+    }
+    #[inline(always)]
+    fn at(&self, i: usize) -> f32 {
+        R::round(self.x[i] - self.base[i])
+    }
+}
+
+/// The sort key of a value's magnitude: the bits of `|v|`, monotone in `|v|` (NaN above +∞).
+#[inline]
+pub fn magnitude_key(v: f32) -> u32 {
+    v.to_bits() & 0x7fff_ffff
+}
+
+/// The dtype DARE and DELLA draw and rescale in: the tensor's own dtype for bf16, else f32
+/// (mergekit's CPU rule: `torch.bernoulli` has no f16 kernel).
+pub fn random_work_dtype(math: DType) -> DType {
+    if math == DType::BF16 {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+/// Python's `int(a·n)` for a non-negative element count.
+fn py_int_mul(a: f64, n: usize) -> i64 {
+    (a * n as f64) as i64
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Ties {
+    /// Every element equal to the threshold is in.
+    All,
+    /// Per chunk: how many elements equal to the threshold are in (the first ones by index).
+    Quota(Vec<u32>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum TopKind {
+    Nothing,
+    Everything,
+    Threshold { key: u32, ties: Ties },
+}
+
+/// The first `k` elements of the priority order (see the module docs), as a threshold on
+/// [`magnitude_key`] plus a per-chunk quota of tied elements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopSet(TopKind);
+
+/// Walks one chunk of a [`TopSet`]; must see every element of the chunk in index order.
+#[derive(Debug, Clone, Copy)]
+pub struct TopCursor {
+    key: u32,
+    ties_left: u32,
+}
+
+impl TopCursor {
+    /// Whether the next element (with magnitude key `key`) is in the set.
+    #[inline(always)]
+    pub fn contains(&mut self, key: u32) -> bool {
+        // branch-free: around a density of 0.5 the comparison is a coin flip
+        let gt = key > self.key;
+        let tie = (key == self.key) & (self.ties_left > 0);
+        self.ties_left -= tie as u32;
+        gt | tie
+    }
+}
+
+impl TopSet {
+    /// The cursor for chunk `chunk` (elements `chunk·CHUNK ..`).
+    pub fn cursor(&self, chunk: usize) -> TopCursor {
+        match &self.0 {
+            TopKind::Nothing => TopCursor {
+                key: u32::MAX,
+                ties_left: 0,
+            },
+            TopKind::Everything => TopCursor {
+                key: 0,
+                ties_left: u32::MAX,
+            },
+            TopKind::Threshold { key, ties } => TopCursor {
+                key: *key,
+                ties_left: match ties {
+                    Ties::All => u32::MAX,
+                    Ties::Quota(q) => q[chunk],
+                },
+            },
+        }
+    }
+}
+
+const BINS: usize = 1 << 16;
+
+/// Counts `bin(key)` over all elements, and ORs together the low 16 bits of every key (zero
+/// when all values are bf16, which makes the second radix pass unnecessary).
+fn histogram<V: Values + ?Sized>(
+    v: &V,
+    bin: impl Fn(u32) -> Option<usize> + Sync,
+) -> (Vec<u64>, u32) {
+    let n = v.numel();
+    (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .fold(
+            || (vec![0u64; BINS], 0u32),
+            |(mut h, mut low), c| {
+                for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                    let key = magnitude_key(v.at(i));
+                    low |= key & 0xffff;
+                    if let Some(b) = bin(key) {
+                        h[b] += 1;
+                    }
+                }
+                (h, low)
+            },
+        )
+        // integer counts and a bitwise OR: the combination order cannot change the result
+        .reduce(
+            || (vec![0u64; BINS], 0u32),
+            |(mut a, la), (b, lb)| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                (a, la | lb)
+            },
+        )
+}
+
+/// Scanning bins from the top, the bin holding the `k`-th element and the count above it.
+fn find_bin(h: &[u64], k: u64) -> (usize, u64) {
+    let mut above = 0u64;
+    for b in (0..h.len()).rev() {
+        if above + h[b] >= k {
+            return (b, above);
+        }
+        above += h[b];
+    }
+    unreachable!("k exceeds the number of elements")
+}
+
+/// The first `k` elements of `v` in priority order (largest magnitude first, lower index first
+/// among equals). `k == 0` selects nothing, `k ≥ numel` everything.
+pub fn select_top<V: Values + ?Sized>(v: &V, k: usize) -> TopSet {
+    let n = v.numel();
+    if k == 0 {
+        return TopSet(TopKind::Nothing);
+    }
+    if k >= n {
+        return TopSet(TopKind::Everything);
+    }
+    let (h1, low_bits) = histogram(v, |key| Some((key >> 16) as usize));
+    let (hi, above1) = find_bin(&h1, k as u64);
+    let need = k as u64 - above1;
+    let hi32 = hi as u32;
+    let (lo, above2, tied) = if low_bits == 0 {
+        // every key is a bf16 pattern: the bin is the value
+        (0, 0, h1[hi])
+    } else {
+        let (h2, _) = histogram(v, |key| {
+            (key >> 16 == hi32).then_some((key & 0xffff) as usize)
+        });
+        let (lo, above2) = find_bin(&h2, need);
+        (lo, above2, h2[lo])
+    };
+    let key = (hi32 << 16) | lo as u32;
+    let ties_needed = need - above2;
+    if ties_needed == tied {
+        return TopSet(TopKind::Threshold {
+            key,
+            ties: Ties::All,
+        });
+    }
+    let per_chunk: Vec<u64> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            (c * CHUNK..((c + 1) * CHUNK).min(n))
+                .filter(|&i| magnitude_key(v.at(i)) == key)
+                .count() as u64
+        })
+        .collect();
+    let mut left = ties_needed;
+    let quota = per_chunk
+        .into_iter()
+        .map(|cnt| {
+            let q = cnt.min(left);
+            left -= q;
+            q as u32
+        })
+        .collect();
+    TopSet(TopKind::Threshold {
+        key,
+        ties: Ties::Quota(quota),
+    })
+}
+
+/// Which elements of a task vector are kept.
+#[derive(Debug, Clone)]
+pub enum Mask {
+    /// Every element (also: "untouched", no rescale applies).
+    All,
+    /// No element.
+    Nothing,
+    /// The elements of a top set (magnitude top-k).
+    Top(TopSet),
+    /// The elements of `keep` that are not in `drop` (magnitude outliers).
+    Band {
+        /// The `n − bot` highest-priority elements.
+        keep: TopSet,
+        /// The `top` highest-priority elements (the outliers).
+        drop: TopSet,
+    },
+    /// A packed bit mask: element `i` is kept when bit `i % 64` of word `i / 64` is set.
+    Bits(Vec<u64>),
+    /// An explicit per-element mask.
+    Explicit(Vec<bool>),
+}
+
+/// Walks one chunk of a [`Mask`]; must see every element of the chunk in index order.
+#[derive(Debug)]
+pub enum MaskCursor<'a> {
+    /// Constant answer.
+    Const(bool),
+    /// Top-set membership.
+    Top(TopCursor),
+    /// Band membership (keep, drop).
+    Band(TopCursor, TopCursor),
+    /// Packed bits.
+    Bits(&'a [u64]),
+    /// Explicit mask.
+    Explicit(&'a [bool]),
+}
+
+impl Mask {
+    /// The cursor for chunk `chunk` (elements `chunk·CHUNK ..` of the slice).
+    pub fn cursor(&self, chunk: usize) -> MaskCursor<'_> {
+        match self {
+            Mask::All => MaskCursor::Const(true),
+            Mask::Nothing => MaskCursor::Const(false),
+            Mask::Top(t) => MaskCursor::Top(t.cursor(chunk)),
+            Mask::Band { keep, drop } => MaskCursor::Band(keep.cursor(chunk), drop.cursor(chunk)),
+            Mask::Bits(b) => MaskCursor::Bits(b),
+            Mask::Explicit(m) => MaskCursor::Explicit(m),
+        }
+    }
+
+    /// Whether the mask keeps everything without touching values (no rescale applies).
+    pub fn is_all(&self) -> bool {
+        matches!(self, Mask::All)
+    }
+
+    /// The kept flags of a whole slice `v` (for tests and small tensors).
+    pub fn to_vec<V: Values + ?Sized>(&self, v: &V) -> Vec<bool> {
+        let n = v.numel();
+        let mut res = Vec::with_capacity(n);
+        for c in 0..n.div_ceil(CHUNK) {
+            let mut cur = self.cursor(c);
+            for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                res.push(cur.keep(i, magnitude_key(v.at(i))));
+            }
+        }
+        res
+    }
+}
+
+impl MaskCursor<'_> {
+    /// Whether element `i` (index in the slice), with magnitude key `key`, is kept.
+    #[inline]
+    pub fn keep(&mut self, i: usize, key: u32) -> bool {
+        match self {
+            MaskCursor::Const(b) => *b,
+            MaskCursor::Top(t) => t.contains(key),
+            MaskCursor::Band(k, d) => {
+                let a = k.contains(key);
+                let b = d.contains(key);
+                a && !b
+            }
+            MaskCursor::Bits(b) => (b[i >> 6] >> (i & 63)) & 1 != 0,
+            MaskCursor::Explicit(m) => m[i],
+        }
+    }
+}
+
+/// TIES magnitude pruning: keeps the `int(density·numel)` largest magnitudes.
+/// `density ≥ 1` keeps everything untouched; `k == 0` keeps nothing (see divergences).
+pub fn magnitude<V: Values + ?Sized>(v: &V, density: f64) -> Mask {
+    if density >= 1.0 {
+        return Mask::All;
+    }
+    let k = py_int_mul(density, v.numel());
+    if k <= 0 {
+        return Mask::Nothing;
+    }
+    Mask::Top(select_top(v, k as usize))
+}
+
+/// Breadcrumbs: drops the `int(gamma·n)` largest magnitudes (outliers) and then the smallest
+/// ones, so that `int(density·n)` remain (fewer outliers are dropped if needed).
+pub fn magnitude_outliers<V: Values + ?Sized>(
+    v: &V,
+    density: f64,
+    gamma: f64,
+) -> Result<Mask, String> {
+    if density >= 1.0 {
+        return Ok(Mask::All);
+    }
+    if !(0.0..=1.0).contains(&gamma) {
+        return Err(format!("gamma must be in [0, 1], got {gamma}"));
+    }
+    let n = v.numel();
+    let target = py_int_mul(density, n);
+    let mut top = py_int_mul(gamma, n);
+    let mut bot = n as i64 - target - top;
+    if bot < 0 {
+        top += bot;
+        bot = 0;
+    }
+    // kept priority positions: [top, n − bot)
+    let end = n as i64 - bot;
+    if end <= top {
+        return Ok(Mask::Nothing);
+    }
+    let keep = select_top(v, end as usize);
+    if top <= 0 {
+        return Ok(Mask::Top(keep));
+    }
+    Ok(Mask::Band {
+        keep,
+        drop: select_top(v, top as usize),
+    })
+}
+
+/// The keep probability of DARE: `density` as `torch.full_like(..., dtype=work)` holds it.
+pub fn bernoulli_probability(density: f64, work: DType) -> f32 {
+    round_scalar(work, density)
+}
+
+/// DARE: keeps each of `n` elements independently with probability `density` (rounded to the
+/// work dtype): element `i` survives when `key.uniform(model, offset + i) < p`. The draws are
+/// made once, in parallel over fixed chunks, into a packed bit mask.
+pub fn bernoulli(
+    n: usize,
+    density: f64,
+    work: DType,
+    key: RngKey,
+    model: u32,
+    offset: usize,
+) -> Mask {
+    if density >= 1.0 {
+        return Mask::All;
+    }
+    let p = bernoulli_probability(density, work);
+    if p <= 0.0 {
+        return Mask::Nothing;
+    }
+    let mut words = vec![0u64; n.div_ceil(64)];
+    words
+        .par_chunks_mut(CHUNK / 64)
+        .enumerate()
+        .for_each(|(c, ws)| {
+            for (w, word) in ws.iter_mut().enumerate() {
+                let first = c * CHUNK + w * 64;
+                let mut bits = 0u64;
+                for b in 0..64.min(n - first) {
+                    let i = (offset + first + b) as u64;
+                    bits |= ((key.uniform(model, i) < p) as u64) << b;
+                }
+                *word = bits;
+            }
+        });
+    Mask::Bits(words)
+}
+
+/// `torch.tensor(x, dtype)`: an f64 rounded once to `dtype` (f32 for non-half dtypes).
+pub fn round_scalar(dtype: DType, x: f64) -> f32 {
+    match dtype {
+        DType::BF16 => half::bf16::from_f64(x).to_f32(),
+        DType::F16 => half::f16::from_f64(x).to_f32(),
+        _ => x as f32,
+    }
+}
+
+/// DELLA keep probabilities for ranks `1..=c` of a row of `c` elements, computed with
+/// mergekit's operations rounded to the work dtype: `p = (density − ε) + 2ε·(rank−1)/(c−1)`.
+/// A row of one element gets `rank_norm = 0.5` (see divergences).
+pub fn della_probabilities(c: usize, density: f64, epsilon: f64, work: DType) -> Vec<f32> {
+    let w = |x: f32| work.round(x);
+    let rank = |r0: usize| w(w(r0 as f32) + 1.0);
+    let min = rank(0);
+    let max = rank(c.saturating_sub(1));
+    let span = w(max - min);
+    let eps = epsilon as f32;
+    let low = (density - epsilon) as f32;
+    (0..c)
+        .map(|r0| {
+            let norm = if c == 1 {
+                0.5
+            } else {
+                w(w(rank(r0) - min) / span).clamp(0.0, 1.0)
+            };
+            w(w(w(norm * 2.0) * eps) + low)
+        })
+        .collect()
+}
+
+/// DELLA magnitude-ranked drop: per row (axis 1 of ≥2-D tensors; a 0-/1-D tensor is one
+/// row), elements are ranked by ascending priority and kept with probability
+/// [`della_probabilities`]. `density ≥ 1` keeps everything, `density ≤ 0` nothing; otherwise
+/// `density ± epsilon` must lie inside `(0, 1)`.
+#[allow(clippy::too_many_arguments)]
+pub fn della_magprune<V: Values + ?Sized>(
+    v: &V,
+    shape: &[usize],
+    density: f64,
+    epsilon: f64,
+    work: DType,
+    key: RngKey,
+    model: u32,
+    offset: usize,
+) -> Result<Mask, String> {
+    if density >= 1.0 {
+        return Ok(Mask::All);
+    }
+    if density <= 0.0 {
+        return Ok(Mask::Nothing);
+    }
+    if density + epsilon >= 1.0 || density - epsilon <= 0.0 {
+        return Err(format!(
+            "della: epsilon must keep density ± epsilon inside (0, 1), got density {density} \
+             and epsilon {epsilon} (density − epsilon = {}, density + epsilon = {})",
+            density - epsilon,
+            density + epsilon
+        ));
+    }
+    let n = v.numel();
+    let (rows, c, inner) = if shape.len() < 2 {
+        (1, n, 1)
+    } else {
+        (shape[0], shape[1], shape[2..].iter().product::<usize>())
+    };
+    if rows * c * inner != n {
+        return Err(format!(
+            "della: shape {shape:?} does not match {n} elements"
+        ));
+    }
+    let probs = della_probabilities(c, density, epsilon, work);
+    let mut mask = vec![false; n];
+    if n == 0 {
+        return Ok(Mask::Explicit(mask));
+    }
+    mask.par_chunks_mut(c * inner)
+        .enumerate()
+        .for_each(|(r, block)| {
+            let start = r * c * inner;
+            let mut order: Vec<u64> = Vec::with_capacity(c);
+            for col in 0..inner {
+                order.clear();
+                // ascending priority: smaller magnitude first, higher index first among equals
+                order.extend((0..c).map(|j| {
+                    let key = magnitude_key(v.at(start + j * inner + col)) as u64;
+                    (key << 32) | (u32::MAX - j as u32) as u64
+                }));
+                order.sort_unstable();
+                for (r0, packed) in order.iter().enumerate() {
+                    let j = (u32::MAX - (*packed as u32)) as usize;
+                    let local = j * inner + col;
+                    let idx = (offset + start + local) as u64;
+                    block[local] = key.uniform(model, idx) < probs[r0];
+                }
+            }
+        });
+    Ok(Mask::Explicit(mask))
+}
+
+/// The L1 rescale factor `‖δ‖₁ / ‖masked‖₁` (norms and ratio rounded to `work`), or `None`
+/// when it does not apply: an untouched mask, or either norm below `1e-7`.
+pub fn l1_rescale<V: Values + ?Sized>(v: &V, mask: &Mask, work: DType) -> Option<f32> {
+    if mask.is_all() {
+        return None;
+    }
+    let n = v.numel();
+    let parts: Vec<(f64, f64)> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let mut cur = mask.cursor(c);
+            let (mut all, mut kept) = (0.0f64, 0.0f64);
+            for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
+                let d = v.at(i);
+                let a = d.abs() as f64;
+                all += a;
+                kept += select_f64(cur.keep(i, magnitude_key(d)), a);
+            }
+            (all, kept)
+        })
+        .collect();
+    let (all, kept) = parts
+        .into_iter()
+        .fold((0.0, 0.0), |(a, k), (x, y)| (a + x, k + y));
+    l1_factor(all, kept, work)
+}
+
+/// `x` if `keep` else +0, without a branch (masks are coin flips near a density of 0.5).
+#[inline(always)]
+pub fn select_f32(keep: bool, x: f32) -> f32 {
+    f32::from_bits(x.to_bits() & 0u32.wrapping_sub(keep as u32))
+}
+
+/// `x` if `keep` else +0, without a branch.
+#[inline(always)]
+fn select_f64(keep: bool, x: f64) -> f64 {
+    f64::from_bits(x.to_bits() & 0u64.wrapping_sub(keep as u64))
+}
+
+/// The rescale factor from the two L1 norms (exact sums, rounded here to `work`).
+fn l1_factor(all: f64, kept: f64, work: DType) -> Option<f32> {
+    let before = work.round(all as f32);
+    let after = work.round(kept as f32);
+    let eps = work.round(1e-7);
+    if before < eps || after < eps {
+        return None;
+    }
+    Some(work.round(before / after))
+}
+
+/// One sparsified element: `d` if kept else 0, times the rescale factor (rounded to the work
+/// dtype, then to the math dtype `R`) when there is one.
+#[inline(always)]
+pub fn apply<R: Round>(d: f32, keep: bool, factor: Option<f32>, work: DType) -> f32 {
+    let m = select_f32(keep, d);
+    match factor {
+        Some(f) => R::round(round_dyn(work, m * f)),
+        None => m,
+    }
+}
+
+/// Sparsifies a whole slice with `mask` and optional L1 rescale (tests, small tensors).
+pub fn apply_slice<R: Round>(delta: &[f32], mask: &Mask, rescale: bool, work: DType) -> Vec<f32> {
+    let factor = if rescale {
+        l1_rescale(delta, mask, work)
+    } else {
+        None
+    };
+    mask.to_vec(delta)
+        .into_iter()
+        .zip(delta)
+        .map(|(k, d)| apply::<R>(*d, k, factor, work))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(mask: &Mask, v: &[f32]) -> Vec<usize> {
+        mask.to_vec(v)
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn rescale_example_from_spec() {
+        // §2.7: δ=[1,−2,3,−4], mask [1,0,1,0] → [2.5, 0, 7.5, 0]
+        let d = [1.0f32, -2.0, 3.0, -4.0];
+        let m = Mask::Explicit(vec![true, false, true, false]);
+        let out = apply_slice::<super::super::round::F32>(&d, &m, true, DType::F32);
+        assert_eq!(out, vec![2.5, 0.0, 7.5, 0.0]);
+        // without rescale: plain mask
+        let out = apply_slice::<super::super::round::F32>(&d, &m, false, DType::F32);
+        assert_eq!(out, vec![1.0, 0.0, 3.0, 0.0]);
+    }
+
+    #[test]
+    fn rescale_skipped_for_tiny_norms() {
+        let d = [1e-9f32, -2e-9];
+        let m = Mask::Explicit(vec![true, false]);
+        assert_eq!(l1_rescale(&d[..], &m, DType::F32), None);
+        assert_eq!(l1_rescale(&d[..], &Mask::Nothing, DType::F32), None);
+    }
+
+    #[test]
+    fn magnitude_keeps_largest() {
+        let d = [0.0f32, -2.0, 3.0, -0.5];
+        assert_eq!(kept(&magnitude(&d[..], 0.5), &d), vec![1, 2]);
+        assert!(magnitude(&d[..], 1.0).is_all());
+    }
+
+    #[test]
+    fn magnitude_ties_keep_lower_index_first() {
+        let d = [1.0f32, -1.0, 1.0, 1.0, 0.5];
+        // k = int(0.6·5) = 3: three of the four tied magnitudes, lowest indices first
+        assert_eq!(kept(&magnitude(&d[..], 0.6), &d), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn magnitude_ties_across_chunks() {
+        let n = 2 * CHUNK + 10;
+        let mut d = vec![0.25f32; n];
+        d[n - 1] = 7.0; // the single largest, at the end
+        let k = py_int_mul(0.6, n) as usize;
+        let m = magnitude(&d[..], 0.6);
+        let flags = m.to_vec(&d[..]);
+        assert_eq!(flags.iter().filter(|f| **f).count(), k);
+        assert!(flags[n - 1]);
+        // the tied ones kept are exactly indices 0..k-1
+        assert!(flags[..k - 1].iter().all(|f| *f));
+        assert!(flags[k - 1..n - 1].iter().all(|f| !*f));
+    }
+
+    #[test]
+    fn select_top_f32_low_bits_matter() {
+        // values that share their high 16 bits: the second pass must separate them
+        let v: Vec<f32> = (0..1000).map(|i| 1.0 + i as f32 * 1e-6).collect();
+        let t = select_top(&v[..], 10);
+        let flags = Mask::Top(t).to_vec(&v[..]);
+        let idx: Vec<usize> = (0..1000).filter(|&i| flags[i]).collect();
+        assert_eq!(idx, (990..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn select_top_matches_sort_reference() {
+        // independent reference: stable sort by (|v| desc, index asc)
+        let v: Vec<f32> = (0..5000u64)
+            .map(|i| ((i * 7919 % 613) as f32 - 300.0) * 0.01)
+            .collect();
+        for k in [1usize, 17, 613, 2500, 4999] {
+            let mut order: Vec<usize> = (0..v.len()).collect();
+            order.sort_by(|&a, &b| v[b].abs().partial_cmp(&v[a].abs()).unwrap().then(a.cmp(&b)));
+            let mut want = vec![false; v.len()];
+            for &i in &order[..k] {
+                want[i] = true;
+            }
+            assert_eq!(
+                Mask::Top(select_top(&v[..], k)).to_vec(&v[..]),
+                want,
+                "k={k}"
+            );
+        }
+    }
+
+    #[test]
+    fn select_top_bf16_values_with_ties() {
+        // bf16-representable values skip the second pass; ties still resolved by index
+        let v: Vec<f32> = (0..3000)
+            .map(|i| DType::BF16.round(((i % 7) as f32) * 0.3))
+            .collect();
+        for k in [1usize, 400, 429, 430, 2999] {
+            let mut order: Vec<usize> = (0..v.len()).collect();
+            order.sort_by(|&a, &b| v[b].abs().partial_cmp(&v[a].abs()).unwrap().then(a.cmp(&b)));
+            let mut want = vec![false; v.len()];
+            for &i in &order[..k] {
+                want[i] = true;
+            }
+            assert_eq!(
+                Mask::Top(select_top(&v[..], k)).to_vec(&v[..]),
+                want,
+                "k={k}"
+            );
+        }
+    }
+
+    #[test]
+    fn magnitude_k_zero_keeps_nothing() {
+        // divergence: mergekit asserts k > 0
+        let d = [1.0f32, 2.0, 3.0];
+        let m = magnitude(&d[..], 0.2); // int(0.6) = 0
+        assert!(kept(&m, &d).is_empty());
+    }
+
+    #[test]
+    fn breadcrumbs_example_from_spec() {
+        // §2.7: |1..10|, density .5, gamma .1 → removes the largest and the 4 smallest → 5..9
+        let d: Vec<f32> = (1..=10)
+            .map(|i| if i % 2 == 0 { -(i as f32) } else { i as f32 })
+            .collect();
+        let m = magnitude_outliers(&d[..], 0.5, 0.1).unwrap();
+        let vals: Vec<f32> = kept(&m, &d).iter().map(|&i| d[i].abs()).collect();
+        assert_eq!(vals, vec![5.0, 6.0, 7.0, 8.0, 9.0]);
+    }
+
+    #[test]
+    fn breadcrumbs_zero_gamma_keeps_top_density() {
+        // divergence: mergekit zeroes everything when int(gamma·n) == 0
+        let d: Vec<f32> = (1..=50).map(|i| i as f32).collect();
+        let m = magnitude_outliers(&d[..], 0.5, 0.01).unwrap(); // int(0.5) = 0 outliers
+        assert_eq!(kept(&m, &d), (25..50).collect::<Vec<_>>());
+        let m = magnitude_outliers(&d[..], 0.5, 0.0).unwrap();
+        assert_eq!(kept(&m, &d), (25..50).collect::<Vec<_>>());
+        assert!(magnitude_outliers(&d[..], 0.5, -0.1).is_err());
+    }
+
+    #[test]
+    fn breadcrumbs_fewer_outliers_when_density_high() {
+        // n=10, density .95 → target 9, gamma .2 → top 2, bot = −1 → top 1, bot 0
+        let d: Vec<f32> = (1..=10).map(|i| i as f32).collect();
+        let m = magnitude_outliers(&d[..], 0.95, 0.2).unwrap();
+        assert_eq!(kept(&m, &d), (0..9).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn della_probabilities_example_from_spec() {
+        // §2.7: row of 5, density .5, ε .1 → p = .40, .45, .50, .55, .60
+        let p = della_probabilities(5, 0.5, 0.1, DType::F32);
+        let want = [0.40f32, 0.45, 0.50, 0.55, 0.60];
+        for (a, b) in p.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{p:?}");
+        }
+        // bf16 ranks are coarse: 257 rounds to 256
+        let p = della_probabilities(300, 0.5, 0.1, DType::BF16);
+        assert_eq!(p[255], p[256]);
+        assert_eq!(della_probabilities(1, 0.5, 0.1, DType::F32), vec![0.5]);
+    }
+
+    #[test]
+    fn della_ranks_by_magnitude_within_rows() {
+        // probability rises with magnitude: over many rows, the largest element of each row
+        // survives more often than the smallest.
+        let rows = 4000;
+        let c = 5;
+        let v: Vec<f32> = (0..rows * c).map(|i| (i % c) as f32 + 1.0).collect();
+        let key = RngKey::new(7, "t");
+        let m = della_magprune(&v[..], &[rows, c], 0.5, 0.1, DType::F32, key, 1, 0).unwrap();
+        let f = m.to_vec(&v[..]);
+        let frac = |j: usize| (0..rows).filter(|r| f[r * c + j]).count() as f64 / rows as f64;
+        assert!((frac(0) - 0.40).abs() < 0.03, "{}", frac(0));
+        assert!((frac(4) - 0.60).abs() < 0.03, "{}", frac(4));
+    }
+
+    #[test]
+    fn della_rejects_bad_epsilon() {
+        let v = [1.0f32; 4];
+        let e = della_magprune(
+            &v[..],
+            &[4],
+            0.1,
+            0.15,
+            DType::F32,
+            RngKey::new(1, "t"),
+            0,
+            0,
+        )
+        .unwrap_err();
+        assert!(e.contains("0.1") && e.contains("0.15"), "{e}");
+        // density 1 never checks epsilon
+        assert!(
+            della_magprune(
+                &v[..],
+                &[4],
+                1.0,
+                0.15,
+                DType::F32,
+                RngKey::new(1, "t"),
+                0,
+                0
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn bernoulli_kept_fraction() {
+        let n = 20_000;
+        let v = vec![1.0f32; n];
+        for density in [0.1, 0.53, 0.9] {
+            let m = bernoulli(n, density, DType::F32, RngKey::new(42, "x"), 1, 0);
+            let frac = m.to_vec(&v[..]).iter().filter(|k| **k).count() as f64 / n as f64;
+            assert!((frac - density).abs() < 0.01, "{density}: {frac}");
+        }
+        // bf16 work dtype rounds the probability: 0.53 → 0.53125
+        assert_eq!(bernoulli_probability(0.53, DType::BF16), 0.53125);
+        // the packed mask is the element-wise draw
+        let key = RngKey::new(3, "y");
+        let m = bernoulli(1000, 0.5, DType::F32, key, 2, 77);
+        let v = vec![1.0f32; 1000];
+        let want: Vec<bool> = (0..1000).map(|i| key.uniform(2, 77 + i) < 0.5).collect();
+        assert_eq!(m.to_vec(&v[..]), want);
+    }
+}

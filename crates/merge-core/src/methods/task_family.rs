@@ -1,0 +1,457 @@
+//! The generalised task-arithmetic engine shared by `task_arithmetic`, `ties`, `dare_ties`,
+//! `dare_linear`, `breadcrumbs`, `breadcrumbs_ties`, `della` and `della_linear` (mergekit spec
+//! §2.6). Each method file only describes itself ([`Family`]) and calls [`merge`].
+//!
+//! Per tensor, with `δᵢ = round(xᵢ − base)` for every non-base input in source order:
+//! 1. sparsify each `δᵢ` with its own `density` (`gamma`, `epsilon`) into a [`Mask`], plus an
+//!    L1 rescale factor when `rescale` (see [`super::sparsify`]);
+//! 2. weight: `ωᵢ = round(δᵢ' · wᵢ)` with `wᵢ` rounded to the math dtype;
+//! 3. with sign consensus: elect the majority sign of `Σ ωᵢ` ([`super::consensus`]),
+//!    `mixed = Σ ωᵢ·Mᵢ`, `divisor = Σ wᵢ·Mᵢ` per element (0 → 1); without:
+//!    `mixed = Σ ωᵢ`, `divisor = Σ wᵢ` (|·| < 1e-8 → 1);
+//! 4. `normalize`: `mixed ← round(mixed / divisor)`; `lambda ≠ 1`: `mixed ← round(mixed·λ)`;
+//! 5. result `round(base + mixed)`. No non-base input → the base unchanged.
+//!
+//! Sums over models accumulate in `f32` in source order and are rounded once. No tensor-sized
+//! copy of a task vector is made: task vectors are recomputed from the inputs in each pass
+//! (selection passes, norm pass, final pass); masks are thresholds or packed bits. The final
+//! pass runs over fixed chunks of [`CHUNK`] elements in parallel (holding one chunk of
+//! weighted deltas per model), so results are identical at any thread count.
+//!
+//! Divergences from mergekit are those of the primitives (see [`super::sparsify`]).
+//! `int8_mask` only changes mergekit's intermediate mask dtype and is accepted and ignored.
+
+use super::consensus::{self, Consensus};
+use super::rng::RngKey;
+use super::round::{Round, with_round};
+use super::sparsify::{self, CHUNK, Delta, Mask, magnitude_key, round_scalar};
+use super::{MergeCtx, ParamSpec};
+use crate::dtype::DType;
+use rayon::prelude::*;
+
+/// How a family member sparsifies task vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sparsification {
+    /// Keep everything (task arithmetic).
+    None,
+    /// Magnitude top-k (TIES).
+    Magnitude,
+    /// Bernoulli drop (DARE).
+    Random,
+    /// Drop the largest outliers and the smallest values (breadcrumbs).
+    MagnitudeOutliers,
+    /// Rank-dependent Bernoulli drop (DELLA).
+    DellaMagprune,
+}
+
+/// One member of the family.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// The sparsification.
+    pub sparsification: Sparsification,
+    /// Whether TIES sign consensus ("sum" mode) is applied.
+    pub consensus: bool,
+    /// The default of `normalize`.
+    pub default_normalize: bool,
+    /// The default of `rescale`.
+    pub default_rescale: bool,
+}
+
+/// The global parameters every family member reads, with a member's defaults.
+pub const fn global_params(normalize: bool, rescale: bool) -> [ParamSpec; 4] {
+    [
+        ParamSpec::global_bool("normalize", normalize),
+        ParamSpec::global_bool("rescale", rescale),
+        ParamSpec::global_bool("int8_mask", false),
+        ParamSpec::global("lambda", 1.0),
+    ]
+}
+
+/// One non-base input, ready for the final pass.
+struct Prepared<'a> {
+    x: &'a [f32],
+    w: f32,
+    mask: Mask,
+    factor: Option<f32>,
+    work: DType,
+}
+
+fn param(i: &super::Input, name: &str) -> Result<f64, String> {
+    i.params
+        .get(name)
+        .ok_or_else(|| format!("missing required parameter `{name}` for model {}", i.model))
+}
+
+/// Runs the family member `f` on one tensor.
+pub fn merge(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
+    with_round!(ctx.math, R => merge_with::<R>(f, ctx, out))
+}
+
+fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
+    let m = ctx.math;
+    let base = ctx
+        .base()
+        .ok_or("no base model tensor: this method needs `base_model`, and the base must contain this tensor")?
+        .data;
+    let n = out.len();
+    if base.len() != n || ctx.inputs.iter().any(|i| i.data.len() != n) {
+        return Err(format!("inputs and output differ in length (output {n})"));
+    }
+    let normalize = ctx.global.flag("normalize", f.default_normalize);
+    let rescale = ctx.global.flag("rescale", f.default_rescale);
+    let lambda = ctx.global.get_or("lambda", 1.0);
+    let rng = RngKey::new(ctx.seed, ctx.tensor);
+
+    let mut prepared = Vec::new();
+    for (idx, inp) in ctx.inputs.iter().enumerate() {
+        if inp.is_base {
+            continue;
+        }
+        let w = round_scalar(m, param(inp, "weight")?);
+        let density = inp.params.get_or("density", 1.0);
+        let delta = Delta::<R>::new(inp.data, base);
+        let (mask, work) = match f.sparsification {
+            Sparsification::None => (Mask::All, m),
+            Sparsification::Magnitude => (sparsify::magnitude(&delta, density), m),
+            Sparsification::MagnitudeOutliers => {
+                let gamma = inp.params.get_or("gamma", 0.01);
+                let mask = sparsify::magnitude_outliers(&delta, density, gamma)
+                    .map_err(|e| format!("{e} (model {})", inp.model))?;
+                (mask, m)
+            }
+            Sparsification::Random => {
+                let work = sparsify::random_work_dtype(m);
+                let mask = sparsify::bernoulli(n, density, work, rng, idx as u32, ctx.offset);
+                (mask, work)
+            }
+            Sparsification::DellaMagprune => {
+                let work = sparsify::random_work_dtype(m);
+                let eps = inp.params.get_or("epsilon", 0.15);
+                let shape: &[usize] = if ctx.shape.iter().product::<usize>() == n {
+                    ctx.shape
+                } else {
+                    &[]
+                };
+                let mask = sparsify::della_magprune(
+                    &delta, shape, density, eps, work, rng, idx as u32, ctx.offset,
+                )
+                .map_err(|e| format!("{e} (model {})", inp.model))?;
+                (mask, work)
+            }
+        };
+        let factor = if rescale {
+            sparsify::l1_rescale(&delta, &mask, work)
+        } else {
+            None
+        };
+        prepared.push(Prepared {
+            x: inp.data,
+            w,
+            mask,
+            factor,
+            work,
+        });
+    }
+    if prepared.is_empty() {
+        out.copy_from_slice(base);
+        return Ok(());
+    }
+
+    // scalar divisor of the no-consensus branch
+    let plain_divisor = {
+        let mut s = 0.0f32;
+        for p in &prepared {
+            s += p.w;
+        }
+        let d = R::round(s);
+        if d.abs() < R::round(1e-8) { 1.0 } else { d }
+    };
+    let lambda_f = (lambda != 1.0).then_some(lambda as f32);
+    let consensus = f.consensus;
+    let prepared = &prepared;
+
+    // The final pass works chunk by chunk in model-major order: first each model's weighted
+    // sparsified deltas for the whole chunk, then the combination across models. Every loop
+    // is a plain element-wise loop the compiler can vectorise; the per-element arithmetic and
+    // the model order of every sum are those described in the module docs.
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
+        let start = c * CHUNK;
+        let len = oc.len();
+        let bs = &base[start..start + len];
+        let mut om = vec![0.0f32; prepared.len() * len];
+        for (p, dst) in prepared.iter().zip(om.chunks_exact_mut(len)) {
+            for ((d, x), b) in dst.iter_mut().zip(&p.x[start..start + len]).zip(bs) {
+                *d = R::round(x - b);
+            }
+            if !p.mask.is_all() {
+                let mut cur = p.mask.cursor(c);
+                for (l, d) in dst.iter_mut().enumerate() {
+                    let keep = cur.keep(start + l, magnitude_key(*d));
+                    *d = sparsify::select_f32(keep, *d);
+                }
+            }
+            if let Some(f) = p.factor {
+                // the work dtype is the math dtype or f32: one rounding to the math dtype
+                for d in dst.iter_mut() {
+                    *d = sparsify::apply::<R>(*d, true, Some(f), p.work);
+                }
+            }
+            let w = p.w;
+            for d in dst.iter_mut() {
+                *d = R::round(*d * w);
+            }
+        }
+        let mut mixed = vec![0.0f32; len];
+        let mut divisor = Vec::new();
+        for src in om.chunks_exact(len) {
+            for (s, o) in mixed.iter_mut().zip(src) {
+                *s += o;
+            }
+        }
+        if consensus {
+            // `mixed` holds Σ ω: elect, then sum the agreeing values and weights
+            let positive: Vec<bool> = mixed
+                .iter()
+                .map(|s| consensus::elect(Consensus::Sum, &[*s], R::round))
+                .collect();
+            mixed.iter_mut().for_each(|s| *s = 0.0);
+            divisor = vec![0.0f32; len];
+            for (p, src) in prepared.iter().zip(om.chunks_exact(len)) {
+                let w = p.w;
+                for (((s, dv), o), pos) in
+                    mixed.iter_mut().zip(&mut divisor).zip(src).zip(&positive)
+                {
+                    let a = consensus::agrees(*o, *pos);
+                    *s += sparsify::select_f32(a, *o);
+                    *dv += sparsify::select_f32(a, w);
+                }
+            }
+            for dv in divisor.iter_mut() {
+                let d = R::round(*dv);
+                *dv = if d == 0.0 { 1.0 } else { d };
+            }
+        }
+        for (l, ((o, s), b)) in oc.iter_mut().zip(&mixed).zip(bs).enumerate() {
+            let div = if consensus { divisor[l] } else { plain_divisor };
+            let mut m = R::round(*s);
+            if normalize {
+                m = R::round(m / div);
+            }
+            if let Some(lf) = lambda_f {
+                m = R::round(m * lf);
+            }
+            *o = R::round(b + m);
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Engine tests through the family members' worked examples live in the method files;
+    //! these cover behaviour shared by all members.
+    use super::super::MergeMethod;
+    use super::super::testutil::{p, run};
+    use super::*;
+
+    /// Runs `method` with base 0-offset inputs given as (values, weight, density).
+    pub(crate) fn run_family(
+        method: &dyn MergeMethod,
+        base: &[f32],
+        models: &[(&[f32], f64, f64)],
+        global: &[(&'static str, f64)],
+        math: DType,
+    ) -> Result<Vec<f32>, String> {
+        let mut ins = vec![(base, true, p(&[]))];
+        for (x, w, d) in models {
+            ins.push((*x, false, p(&[("weight", *w), ("density", *d)])));
+        }
+        run(method, &ins, p(global), math)
+    }
+
+    #[test]
+    fn registry_matches_the_spec_table() {
+        // §2.6: (name, pretty name, normalize default, rescale default, extra per-model param)
+        let table = [
+            ("task_arithmetic", "Task Arithmetic", false, false, None),
+            ("ties", "TIES", true, false, None),
+            ("dare_ties", "DARE TIES", false, true, None),
+            ("dare_linear", "Linear DARE", false, true, None),
+            (
+                "breadcrumbs",
+                "Model Breadcrumbs",
+                false,
+                false,
+                Some(("gamma", 0.01)),
+            ),
+            (
+                "breadcrumbs_ties",
+                "Model Breadcrumbs with TIES",
+                false,
+                false,
+                Some(("gamma", 0.01)),
+            ),
+            ("della", "DELLA", true, true, Some(("epsilon", 0.15))),
+            (
+                "della_linear",
+                "Linear DELLA",
+                false,
+                true,
+                Some(("epsilon", 0.15)),
+            ),
+        ];
+        for (name, pretty, normalize, rescale, extra) in table {
+            let info = super::super::lookup(name).unwrap().info();
+            assert_eq!(info.pretty_name, pretty);
+            assert_eq!(info.base, super::super::BaseUse::Required);
+            let get = |n: &str| info.params.iter().find(|p| p.name == n).copied();
+            assert_eq!(
+                get("normalize").unwrap().default,
+                Some(normalize as u8 as f64),
+                "{name}"
+            );
+            assert_eq!(
+                get("rescale").unwrap().default,
+                Some(rescale as u8 as f64),
+                "{name}"
+            );
+            assert_eq!(get("lambda").unwrap().default, Some(1.0));
+            assert_eq!(get("int8_mask").unwrap().default, Some(0.0));
+            assert!(get("weight").unwrap().required);
+            assert_eq!(get("density").unwrap().default, Some(1.0));
+            if let Some((p, d)) = extra {
+                assert_eq!(get(p).unwrap().default, Some(d), "{name}");
+                assert_eq!(get(p).unwrap().scope, super::super::Scope::PerModel);
+            }
+            assert_eq!(info.params.len(), 6 + extra.is_some() as usize, "{name}");
+        }
+        for name in ["sce", "ram", "ramplus_tl"] {
+            assert!(super::super::lookup(name).is_some(), "{name}");
+        }
+        assert_eq!(
+            super::super::lookup("ramplus_tl")
+                .unwrap()
+                .info()
+                .result_dtype,
+            Some(DType::F32)
+        );
+    }
+
+    #[test]
+    fn base_only_returns_base() {
+        let b = [1.0f32, -2.0];
+        let out = run(
+            &super::super::ties::Ties,
+            &[(&b, true, p(&[]))],
+            p(&[]),
+            DType::F32,
+        )
+        .unwrap();
+        assert_eq!(out, b.to_vec());
+    }
+
+    #[test]
+    fn missing_base_is_an_error() {
+        let a = [1.0f32];
+        let e = run(
+            &super::super::ties::Ties,
+            &[(&a, false, p(&[("weight", 1.0), ("density", 1.0)]))],
+            p(&[]),
+            DType::F32,
+        )
+        .unwrap_err();
+        assert!(e.contains("base"), "{e}");
+    }
+
+    #[test]
+    fn missing_weight_is_an_error() {
+        let b = [0.0f32];
+        let a = [1.0f32];
+        let e = run(
+            &super::super::task_arithmetic::TaskArithmetic,
+            &[(&b, true, p(&[])), (&a, false, p(&[]))],
+            p(&[]),
+            DType::F32,
+        )
+        .unwrap_err();
+        assert!(e.contains("weight") && e.contains("m1"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    //! Rough kernel timing (run with `--ignored --nocapture` in an optimised build).
+    use super::super::testutil::p;
+    use super::super::{Input, MergeCtx, MergeMethod, ParamValues};
+    use crate::dtype::DType;
+    use std::time::Instant;
+
+    fn time(
+        method: &dyn MergeMethod,
+        data: &[Vec<f32>],
+        params: &[ParamValues],
+        math: DType,
+    ) -> f64 {
+        let ins: Vec<Input> = data
+            .iter()
+            .zip(params)
+            .enumerate()
+            .map(|(k, (d, p))| Input {
+                data: d,
+                is_base: k == 0,
+                params: p,
+                model: "m",
+            })
+            .collect();
+        let n = data[0].len();
+        let shape = [n / 2048, 2048];
+        let global = p(&[]);
+        let ctx = MergeCtx {
+            tensor: "t",
+            shape: &shape,
+            offset: 0,
+            inputs: &ins,
+            global: &global,
+            math,
+            seed: 1,
+            is_embed: false,
+        };
+        let mut out = vec![0.0f32; n];
+        let t = Instant::now();
+        method.merge(&ctx, &mut out).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert!(out.iter().all(|v| v.is_finite()));
+        secs
+    }
+
+    #[test]
+    #[ignore]
+    fn kernel_timing() {
+        let n = 1 << 24;
+        let math = DType::BF16;
+        let data: Vec<Vec<f32>> = (0..4u32)
+            .map(|m| {
+                (0..n)
+                    .map(|i| math.round(((i as u32).wrapping_mul(2654435761) ^ m) as f32 * 1e-10))
+                    .collect()
+            })
+            .collect();
+        let params: Vec<ParamValues> = (0..4)
+            .map(|_| p(&[("weight", 0.3), ("density", 0.5), ("epsilon", 0.1)]))
+            .collect();
+        for (name, m) in [
+            ("linear", &super::super::linear::Linear as &dyn MergeMethod),
+            (
+                "task_arithmetic",
+                &super::super::task_arithmetic::TaskArithmetic,
+            ),
+            ("ties", &super::super::ties::Ties),
+            ("dare_ties", &super::super::dare_ties::DareTies),
+            ("della", &super::super::della::Della),
+            ("sce", &super::super::sce::Sce),
+        ] {
+            let s = time(m, &data, &params, math);
+            eprintln!("{name:>16}: {:.3} s for 4 × {n} elements", s);
+        }
+    }
+}
