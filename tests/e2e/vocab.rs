@@ -350,6 +350,12 @@ fn pad_to_multiple_of_16_gives_80_rows_of_model_means() {
         assert_row(&o, r, &want, "padding");
     }
     assert_row(&o, 64, &row(&mc, 64), "im_start");
+    // the one-pass GGUF route reads the built tokenizer (66 tokens for 80 rows)
+    let g = tmp.path().join("gguf");
+    run_ok(&r, &g, &["--gguf", "q8_0", "--pre", "gpt-2"]);
+    let files: Vec<String> = dir_hashes(&g).into_iter().map(|(n, _)| n).collect();
+    assert!(files.iter().any(|n| n.ends_with(".gguf")), "{files:?}");
+    assert!(files.contains(&"tokenizer.json".to_string()), "{files:?}");
 }
 
 #[test]

@@ -317,3 +317,207 @@ pub fn read_remapped(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipe::ModelRef;
+    use crate::vocab::config::{SourceKind, TokenSpec};
+    use crate::vocab::tokenizer::ModelTokenizer;
+
+    fn vocab(tokens: &[&str], perms: Vec<Vec<Slot>>, rows: usize) -> Vocabulary {
+        Vocabulary {
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            rows,
+            original: perms
+                .iter()
+                .map(|p| {
+                    p.iter()
+                        .zip(tokens)
+                        .filter_map(|(s, t)| match s {
+                            Slot::Row(r) => Some((t.to_string(), *r)),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .collect(),
+            vocab_sizes: vec![4; perms.len()],
+            perms,
+            json: serde_json::json!({}),
+            template_source: ModelTokenizer {
+                dir: Default::default(),
+                json: serde_json::json!({}),
+                config: None,
+                special: None,
+                has_jinja: false,
+            },
+        }
+    }
+
+    fn spec(tokens: Vec<TokenSpec>) -> TokenizerSpec {
+        TokenizerSpec {
+            source: SourceKind::Union,
+            pad_to_multiple_of: None,
+            tokens,
+            pos: Default::default(),
+        }
+    }
+
+    fn src(model: usize, is_base: bool) -> MapSource {
+        MapSource {
+            model,
+            is_base,
+            rows: 4,
+        }
+    }
+
+    #[test]
+    fn default_rules_choose_single_base_mean_zero() {
+        use Slot::*;
+        // tokens: shared, only-in-1, base-and-2, in-1-and-2, nowhere, beyond-in-2
+        let v = vocab(
+            &["s", "one", "b2", "m12", "none", "bey"],
+            vec![
+                vec![Row(0), Absent, Row(1), Absent, Absent, Absent],
+                vec![Row(0), Row(3), Absent, Row(1), Absent, Absent],
+                vec![Row(0), Absent, Row(2), Row(3), Absent, Beyond(9)],
+            ],
+            8,
+        );
+        let mut w = Vec::new();
+        let map = build_row_map(
+            &v,
+            &spec(vec![]),
+            "t",
+            &[src(0, true), src(1, false), src(2, false)],
+            &|_| None,
+            &|i| format!("m{i}"),
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!((map.rows, map.real), (8, 6));
+        let d = |k: usize, r: usize| match map.sources[k][r] {
+            RowSrc::Default(i) => map.defaults[i].clone(),
+            RowSrc::Own(o) => panic!("source {k} row {r}: own {o}"),
+        };
+        assert_eq!(map.sources[0][0], RowSrc::Own(0));
+        assert_eq!(d(0, 1), DefaultRow::Row { source: 1, row: 3 });
+        assert_eq!(
+            d(1, 2),
+            DefaultRow::Row { source: 0, row: 1 },
+            "base has it"
+        );
+        assert_eq!(d(0, 3), DefaultRow::Mean(vec![(1, 1), (2, 3)]));
+        assert_eq!(d(1, 4), DefaultRow::Zero);
+        assert_eq!(
+            d(2, 5),
+            DefaultRow::Zero,
+            "beyond vocab_size: treated as absent"
+        );
+        assert!(
+            w.iter().any(|m| m.contains("KeyError") && m.contains("m2")),
+            "{w:?}"
+        );
+        assert!(w.iter().any(|m| m.contains("no input model")), "{w:?}");
+    }
+
+    #[test]
+    fn configured_sources_and_force() {
+        use Slot::*;
+        let v = vocab(
+            &["a", "b", "c"],
+            vec![vec![Row(0), Absent, Row(2)], vec![Row(1), Row(2), Absent]],
+            3,
+        );
+        let m1 = ModelRef::parse("m1").unwrap();
+        let tokens = vec![
+            TokenSpec {
+                token: "a".into(),
+                source: Some(EmbedSource::ModelToken {
+                    model: m1.clone(),
+                    token: TokenRef::Token("b".into()),
+                }),
+                force: true,
+            },
+            TokenSpec {
+                token: "c".into(),
+                source: Some(EmbedSource::Zero),
+                force: false,
+            },
+        ];
+        let model_of = |r: &ModelRef| (r.path == "m1").then_some(1);
+        let mut w = Vec::new();
+        let map = build_row_map(
+            &v,
+            &spec(tokens),
+            "t",
+            &[src(0, false), src(1, false)],
+            &model_of,
+            &|i| format!("m{i}"),
+            &mut w,
+        )
+        .unwrap();
+        // forced: both models take model 1's row of token "b" (its row 2)
+        for k in 0..2 {
+            let RowSrc::Default(i) = map.sources[k][0] else {
+                panic!("forced")
+            };
+            assert_eq!(map.defaults[i], DefaultRow::Row { source: 1, row: 2 });
+        }
+        // not forced: model 0 keeps its own row of "c", model 1 gets zero
+        assert_eq!(map.sources[0][2], RowSrc::Own(2));
+        let RowSrc::Default(i) = map.sources[1][2] else {
+            panic!()
+        };
+        assert_eq!(map.defaults[i], DefaultRow::Zero);
+        // a configured model that is not an input, or a row out of range, is an error
+        let bad = spec(vec![TokenSpec {
+            token: "b".into(),
+            source: Some(EmbedSource::ModelToken {
+                model: m1,
+                token: TokenRef::Id(4),
+            }),
+            force: false,
+        }]);
+        let e = build_row_map(
+            &v,
+            &bad,
+            "t",
+            &[src(0, false), src(1, false)],
+            &model_of,
+            &|i| format!("m{i}"),
+            &mut w,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn column_sums_follow_pytorchs_outer_reduction() {
+        // 10 rows (< one cascade level): a grouped column is the plain sequential sum; a
+        // column outside the groups of 32 is the four-way interleaved sum
+        let rows = 10;
+        let f = |r: usize, c: usize| ((r * 7 + c * 3) % 11) as f32 * 0.1 + 1e-4 * r as f32;
+        let seq = |c: usize| (0..rows).fold(0f32, |a, r| a + f(r, c));
+        let ilp = |c: usize| {
+            let mut p = [0f32; 4];
+            for (k, pk) in p.iter_mut().enumerate() {
+                for i in 0..rows / 4 {
+                    *pk += f(i * 4 + k, c);
+                }
+            }
+            for r in rows / 4 * 4..rows {
+                p[0] += f(r, c);
+            }
+            ((p[0] + p[1]) + p[2]) + p[3]
+        };
+        let s = torch_sum_dim0(rows, 40, false, f);
+        for c in 0..32 {
+            assert_eq!(s[c].to_bits(), seq(c).to_bits(), "col {c}");
+        }
+        for c in 32..40 {
+            assert_eq!(s[c].to_bits(), ilp(c).to_bits(), "col {c}");
+        }
+    }
+}
