@@ -305,6 +305,14 @@ fn union_of_64_and_66_gives_66_rows_with_the_chatml_rows() {
             assert_row(&o, r, &mean(&[row(&mb, r), row(&mc, r), row(&mp, r)]), name);
         }
     }
+    // `smelt plan` shows the built vocabulary and the remapped shapes
+    let o = smelt().arg("plan").arg(&r).output().unwrap();
+    assert_ok(&o);
+    let plan = stdout(&o);
+    assert!(
+        plan.contains("vocab_size 66") && plan.contains("[66, 64]"),
+        "{plan}"
+    );
     // the same bytes at another thread count
     let out2 = tmp.path().join("out2");
     run_ok(&r, &out2, &["--threads", "2"]);
@@ -549,6 +557,8 @@ fn tokenizer_option_errors_name_the_key_or_model() {
         .output()
         .unwrap();
     assert_fails(&o, &["elsewhere/model", "not part of the merge"]);
+    let o = smelt().arg("check").arg(&r).output().unwrap();
+    assert_fails(&o, &["elsewhere/model", "not part of the merge", "line"]);
     // a model source that lacks the token
     let r = linear3(
         tmp.path(),

@@ -821,7 +821,7 @@ pub fn check_recipe(recipe: &Recipe) -> Result<Vec<String>> {
     let method = lookup_method(recipe)?;
     let mut warnings = recipe.warnings.clone();
     warnings.extend(check_params(recipe, method)?);
-    crate::vocab::VocabOptions::from_recipe(recipe)?;
+    crate::vocab::VocabOptions::from_recipe(recipe)?.check_models(recipe)?;
     let info = method.info();
     if info.base == BaseUse::Required
         && recipe.base_model.is_none()

@@ -317,8 +317,23 @@ impl VocabOptions {
         Ok(out)
     }
 
-    /// Every model reference the options name (tokenizer source and token sources), with
-    /// what names it, for the check that they are part of the merge.
+    /// Checks that every model named under `tokens:` is part of the merge (mergekit: an
+    /// assertion error at merge time).
+    pub fn check_models(&self, recipe: &Recipe) -> Result<()> {
+        let models = recipe.referenced_models();
+        for (r, what) in self.named_models() {
+            if !models.contains(r) {
+                let pos = self.tokenizer.as_ref().map(|t| t.pos).unwrap_or_default();
+                return Err(recipe.error(
+                    pos,
+                    format!("{what} names model `{r}`, which is not part of the merge"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every model reference named under `tokens:`, with what names it.
     pub fn named_models(&self) -> Vec<(&ModelRef, String)> {
         let mut out = Vec::new();
         if let Some(t) = &self.tokenizer {

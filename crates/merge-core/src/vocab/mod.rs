@@ -433,14 +433,7 @@ pub fn apply(
         });
     };
     let model_of = |r: &crate::recipe::ModelRef| models.iter().position(|m| &m.reference == r);
-    for (r, what) in opts.named_models() {
-        if model_of(r).is_none() {
-            return Err(recipe.error(
-                spec.pos,
-                format!("{what} names model `{r}`, which is not part of the merge"),
-            ));
-        }
-    }
+    opts.check_models(recipe)?;
     let start = match &spec.source {
         SourceKind::Base => Start::Base,
         SourceKind::Union => Start::Union,
