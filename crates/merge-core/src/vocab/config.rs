@@ -129,6 +129,10 @@ fn source_kind(v: &Json, what: &str) -> std::result::Result<SourceKind, String> 
     match v {
         Json::String(s) if s == "base" => Ok(SourceKind::Base),
         Json::String(s) if s == "union" => Ok(SourceKind::Union),
+        Json::String(s) if s.starts_with("model:") => Err(format!(
+            "{what}: `model:PATH` is mergekit's old syntax; write the model reference itself (`{}`)",
+            &s["model:".len()..]
+        )),
         Json::String(_) => model_ref(v, what).map(SourceKind::Model),
         other => Err(format!(
             "{what} must be `union`, `base` or a model reference, found {}",
@@ -375,6 +379,8 @@ mod tests {
             o.tokenizer.unwrap().source,
             SourceKind::Model(ModelRef::parse("org/model").unwrap())
         );
+        let e = opts("tokenizer_source: model:org/x\n").unwrap_err();
+        assert!(e.contains("old syntax") && e.contains("`org/x`"), "{e}");
         let e = opts("tokenizer_source: [a]\n").unwrap_err();
         assert!(
             e.contains("tokenizer_source") && e.contains("line 5"),

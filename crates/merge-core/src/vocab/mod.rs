@@ -234,8 +234,8 @@ pub fn build_vocabulary(
                         Some(&k) => {
                             if out_added[k].1 != e && warned.insert(c.clone()) {
                                 warnings.push(format!(
-                                    "token {c:?} is added with different settings by several models; using the first (`{}`'s or earlier)",
-                                    inputs[order[0]].name
+                                    "token {c:?} is added with different settings by several models (`{}` differs); the first definition is used (base first, then recipe order)",
+                                    inputs[m].name
                                 ));
                             }
                         }
@@ -529,4 +529,165 @@ pub fn crop_warnings(models: &[PlanModel], tensors: &[PlannedTensor]) -> Vec<Str
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Writes a BPE tokenizer.json with `vocab` (ids in order) and `added` `(id, content,
+    /// special)` into `dir`.
+    fn write_tok(dir: &Path, vocab: &[&str], added: &[(usize, &str, bool)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        let v: Map<String, Json> = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), json!(i)))
+            .collect();
+        let a: Vec<Json> = added
+            .iter()
+            .map(|(id, c, sp)| json!({"id": id, "content": c, "single_word": false, "lstrip": false, "rstrip": false, "normalized": !sp, "special": sp}))
+            .collect();
+        let t = json!({"version": "1.0", "added_tokens": a, "model": {"type": "BPE", "vocab": v, "merges": []}});
+        std::fs::write(dir.join("tokenizer.json"), t.to_string()).unwrap();
+        std::fs::write(
+            dir.join("tokenizer_config.json"),
+            json!({"bos_token": "<s>", "added_tokens_decoder": {}}).to_string(),
+        )
+        .unwrap();
+    }
+
+    fn spec(tokens: &[&str], pad: Option<usize>) -> TokenizerSpec {
+        TokenizerSpec {
+            source: SourceKind::Union,
+            pad_to_multiple_of: pad,
+            tokens: tokens
+                .iter()
+                .map(|t| TokenSpec {
+                    token: t.to_string(),
+                    source: None,
+                    force: false,
+                })
+                .collect(),
+            pos: Default::default(),
+        }
+    }
+
+    #[test]
+    fn union_base_and_model_sources() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            tmp.path().join("a"),
+            tmp.path().join("b"),
+            tmp.path().join("c"),
+        );
+        // a: 4 tokens + <s> added; vocab_size 5; a padding token at 5 beyond it
+        write_tok(
+            &a,
+            &["<s>", "x", "y", "z", "w"],
+            &[(0, "<s>", true), (5, "<pad>", true)],
+        );
+        // b: a different ordinary token and two added ones (one shared with different flags)
+        write_tok(
+            &b,
+            &["<s>", "x", "q", "z"],
+            &[(0, "<s>", false), (4, "<|im|>", true)],
+        );
+        write_tok(&c, &["<s>", "k"], &[]);
+        let ca = json!({"vocab_size": 5});
+        let cb = json!({"vocab_size": 5});
+        let inputs = vec![
+            VocabInput {
+                name: "a".into(),
+                dir: Some(&a),
+                config: Some(&ca),
+            },
+            VocabInput {
+                name: "b".into(),
+                dir: Some(&b),
+                config: Some(&cb),
+            },
+            VocabInput {
+                name: "c".into(),
+                dir: None,
+                config: None,
+            },
+        ];
+        let mut w = Vec::new();
+        let v =
+            build_vocabulary(&spec(&["<t>"], Some(4)), &Start::Union, &inputs, 0, &mut w).unwrap();
+        assert_eq!(v.tokens, ["<s>", "x", "y", "z", "w", "q", "<|im|>", "<t>"]);
+        assert_eq!(v.rows, 8);
+        assert_eq!(v.perms[0][5], Slot::Absent, "stripped base");
+        assert_eq!(v.perms[1][5], Slot::Row(2));
+        assert_eq!(v.perms[1][6], Slot::Row(4));
+        assert_eq!(
+            v.perms[2][1],
+            Slot::Row(1),
+            "no tokenizer: the base's vocabulary"
+        );
+        assert!(
+            w.iter().any(|m| m.contains("dropped from its tokenizer")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|m| m.contains("\"<s>\"") && m.contains("different settings")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter().any(|m| m.contains("`c` has no tokenizer.json")),
+            "{w:?}"
+        );
+        let files = tokenizer_files(&v, Some("{{ template }}"));
+        let names: Vec<&str> = files.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["tokenizer.json", "tokenizer_config.json"]);
+        let cfg: Json = serde_json::from_slice(&files.files[1].1).unwrap();
+        assert_eq!(cfg["chat_template"], "{{ template }}");
+        assert_eq!(cfg["added_tokens_decoder"]["6"]["content"], "<|im|>");
+        assert_eq!(
+            cfg["added_tokens_decoder"]["0"]["special"], true,
+            "first definition wins"
+        );
+        let tj: Json = serde_json::from_slice(&files.files[0].1).unwrap();
+        assert!(tj["model"]["vocab"].get("<pad>").is_none());
+
+        // base: the stripped base plus the configured token
+        let v = build_vocabulary(&spec(&["<t>"], None), &Start::Base, &inputs, 0, &mut w).unwrap();
+        assert_eq!(v.tokens, ["<s>", "x", "y", "z", "w", "<t>"]);
+        // a model's tokenizer, unstripped, and a folder outside the merge
+        let v = build_vocabulary(&spec(&[], None), &Start::Input(0), &inputs, 0, &mut w).unwrap();
+        assert_eq!(v.tokens.len(), 6);
+        assert_eq!(
+            v.perms[0][5],
+            Slot::Absent,
+            "the base's own map is the stripped one"
+        );
+        let v =
+            build_vocabulary(&spec(&[], None), &Start::Dir(b.clone()), &inputs, 0, &mut w).unwrap();
+        assert_eq!(v.tokens, ["<s>", "x", "q", "z", "<|im|>"]);
+        // the base needs a tokenizer
+        let e = build_vocabulary(&spec(&[], None), &Start::Base, &inputs, 2, &mut w).unwrap_err();
+        assert!(
+            e.to_string().contains("no tokenizer.json") || e.to_string().contains("bare weights"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn holes_in_the_output_ids_are_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        write_tok(&a, &["x", "y"], &[(5, "<far>", true)]);
+        let inputs = vec![VocabInput {
+            name: "a".into(),
+            dir: Some(&a),
+            config: None,
+        }];
+        let mut w = Vec::new();
+        let e =
+            build_vocabulary(&spec(&[], None), &Start::Input(0), &inputs, 0, &mut w).unwrap_err();
+        assert!(e.to_string().contains("not contiguous"), "{e}");
+    }
 }
