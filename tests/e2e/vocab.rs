@@ -577,3 +577,30 @@ fn tokenizer_option_errors_name_the_key_or_model() {
     assert_fails(&o, &["<|im_start|>", "is not in model"]);
     assert_no_output(tmp.path(), "o2");
 }
+
+#[test]
+fn slices_remap_the_first_and_last_slices_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [b, c, _, _] = family(tmp.path());
+    // embeddings from the chatml model (first slice), the head from the base (last slice)
+    let text = format!(
+        "merge_method: passthrough\ndtype: float32\ntokenizer_source: union\nslices:\n  - sources:\n      - model: {c}\n        layer_range: [0, 2]\n  - sources:\n      - model: {b}\n        layer_range: [2, 4]\n",
+        c = c.display(),
+        b = b.display()
+    );
+    std::fs::write(tmp.path().join("s.yml"), text).unwrap();
+    let out = tmp.path().join("out");
+    let err = run_ok(&tmp.path().join("s.yml"), &out, &[]);
+    assert_eq!(config(&out)["vocab_size"], 66);
+    let (shape, e) = matrix(&out.join("model.safetensors"), EMBED);
+    assert_eq!(shape, [66, H]);
+    let mc = matrix(&c.join("model.safetensors"), EMBED).1;
+    assert_row(&e, 64, &row(&mc, 64), "embedding from the chatml model");
+    // the base alone gives the head: it has neither chat token → zero rows, with a warning
+    let (shape, h) = matrix(&out.join("model.safetensors"), HEAD);
+    assert_eq!(shape, [66, H]);
+    assert!(h[64 * H..].iter().all(|&v| v == 0.0));
+    let mb = matrix(&b.join("model.safetensors"), HEAD).1;
+    assert_row(&h, 7, &row(&mb, 7), "the base's own head row");
+    assert!(err.contains("in no input model"), "{err}");
+}
