@@ -12,3 +12,4 @@ mod parity;
 mod quantize;
 mod recipes;
 mod util;
+mod vocab;

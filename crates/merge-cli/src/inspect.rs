@@ -138,6 +138,12 @@ pub fn print_plan(p: &Plan, all: bool) {
             m.path.display()
         );
     }
+    if let Some(t) = &p.tokenizer {
+        println!(
+            "tokenizer: built from the recipe's tokenizer options, vocab_size {} (embedding rows remapped)",
+            t.vocab_size
+        );
+    }
     println!("tensors: {}", p.tensors.len());
     let shown = if all {
         p.tensors.len()

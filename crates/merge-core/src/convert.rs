@@ -58,6 +58,7 @@ pub fn convert(
                 tensor: name.clone(),
                 is_base: false,
                 params: ParamValues::default(),
+                rows: None,
             }],
             global: ParamValues::default(),
             raw_copy: !delta,
@@ -82,6 +83,8 @@ pub fn convert(
         num_layers: layers,
         seed: 0,
         warnings: Vec::new(),
+        tokenizer: None,
+        chat_template: None,
     };
     let dir = OutputDir::prepare(out, force, &inputs)?;
     let writer = SafetensorsWriter::create(&plan, dir.path())?;

@@ -132,7 +132,8 @@ pub fn tensor_cost(plan: &Plan, t: &PlannedTensor, threads: usize) -> u64 {
     if t.raw_copy {
         return 0;
     }
-    if plan.method.info().elementwise {
+    let remapped = t.sources.iter().any(|s| s.rows.is_some());
+    if plan.method.info().elementwise && !remapped {
         // chunks in flight: f32 buffers per input and the output, plus the mapped input pages
         // (released chunk by chunk)
         let live = n.min((CHUNK * threads) as u64);
@@ -292,60 +293,62 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
         .sources
         .iter()
         .any(|s| plan.models[s.model].checkpoint.has_delta(&s.tensor));
-    let streamed = plan.method.info().elementwise && numel > chunk && !has_delta;
+    // inputs remapped to a built vocabulary are assembled whole (crate::vocab::rows)
+    let remapped = t.sources.iter().any(|s| s.rows.is_some());
+    let streamed = plan.method.info().elementwise && numel > chunk && !has_delta && !remapped;
     let merge = |range: Range<usize>| -> Result<Vec<f32>> {
         let len = range.len();
-        let read_one = |s: &crate::plan::PlannedSource, info: &TensorInfo| -> Result<Vec<f32>> {
-            let mut b = scratch(len);
-            let whole = plan.models[s.model].checkpoint.has_delta(&s.tensor);
-            if streamed || whole || len <= CHUNK {
-                read_source(
-                    plan,
-                    &s.tensor,
-                    info,
-                    s.model,
-                    &t.shape,
-                    range.clone(),
-                    &mut b,
-                )?;
-            } else {
-                // a whole tensor: decode it in parallel chunks
-                b.par_chunks_mut(CHUNK)
-                    .enumerate()
-                    .try_for_each(|(c, part)| {
-                        let start = range.start + c * CHUNK;
-                        read_source(
-                            plan,
-                            &s.tensor,
-                            info,
-                            s.model,
-                            &t.shape,
-                            start..start + part.len(),
-                            part,
-                        )
-                    })?;
-            }
-            if info.dtype != t.math {
-                t.math.round_slice(&mut b);
-            }
-            if streamed && info.shape == t.shape {
-                plan.models[s.model]
-                    .checkpoint
-                    .release_elems(info, range.clone());
-            }
-            Ok(b)
-        };
+        let read_one =
+            |si: usize, s: &crate::plan::PlannedSource, info: &TensorInfo| -> Result<Vec<f32>> {
+                let mut b = scratch(len);
+                let whole = plan.models[s.model].checkpoint.has_delta(&s.tensor);
+                if let Some(map) = &s.rows {
+                    crate::vocab::read_remapped(plan, t, si, map, &mut b)?;
+                } else if streamed || whole || len <= CHUNK {
+                    read_source(
+                        plan,
+                        &s.tensor,
+                        info,
+                        s.model,
+                        &t.shape,
+                        range.clone(),
+                        &mut b,
+                    )?;
+                } else {
+                    // a whole tensor: decode it in parallel chunks
+                    b.par_chunks_mut(CHUNK)
+                        .enumerate()
+                        .try_for_each(|(c, part)| {
+                            let start = range.start + c * CHUNK;
+                            read_source(
+                                plan,
+                                &s.tensor,
+                                info,
+                                s.model,
+                                &t.shape,
+                                start..start + part.len(),
+                                part,
+                            )
+                        })?;
+                }
+                if info.dtype != t.math {
+                    t.math.round_slice(&mut b);
+                }
+                Ok(b)
+            };
         let bufs: Vec<Vec<f32>> = if streamed {
             t.sources
                 .iter()
                 .zip(&infos)
-                .map(|(s, info)| read_one(s, info))
+                .enumerate()
+                .map(|(si, (s, info))| read_one(si, s, info))
                 .collect::<Result<_>>()?
         } else {
             t.sources
                 .par_iter()
                 .zip(&infos)
-                .map(|(s, info)| read_one(s, info))
+                .enumerate()
+                .map(|(si, (s, info))| read_one(si, s, info))
                 .collect::<Result<_>>()?
         };
         let inputs: Vec<Input> = t

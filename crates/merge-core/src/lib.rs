@@ -25,6 +25,7 @@ pub mod output;
 pub mod plan;
 pub mod recipe;
 pub mod torch;
+pub mod vocab;
 pub mod writer;
 
 pub use dtype::DType;

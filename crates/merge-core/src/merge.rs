@@ -293,10 +293,17 @@ pub fn run(
     } else {
         warnings.push("no config.json written: the donor model has none".into());
     }
-    if opts.copy_tokenizer || opts.gguf.is_some() {
+    if plan.tokenizer.is_some() {
+        files.extend(output::write_tokenizer(&plan, dir.path())?);
+    } else if opts.copy_tokenizer || opts.gguf.is_some() {
         let (f, w) = output::copy_tokenizer(&plan, dir.path())?;
         files.extend(f);
         warnings.extend(w);
+    } else if plan.chat_template.is_some() {
+        warnings.push(
+            "a chat_template is set but no tokenizer is written (--no-copy-tokenizer); the template is not saved"
+                .into(),
+        );
     }
     if opts.write_card {
         files.push(output::write_file(
@@ -373,7 +380,7 @@ pub fn run(
             .len();
         files.push(WrittenFile { name: file, size });
     }
-    if !opts.copy_tokenizer && opts.gguf.is_some() {
+    if !opts.copy_tokenizer && opts.gguf.is_some() && plan.tokenizer.is_none() {
         // the tokenizer was needed for the GGUF metadata only
         for f in output::TOKENIZER_FILES {
             let p = dir.path().join(f);

@@ -171,7 +171,20 @@ pub const TOKENIZER_FILES: &[&str] = &[
     "video_preprocessor_config.json",
 ];
 
+/// Writes the tokenizer built from the recipe's tokenizer options (mergekit §6.5: its files
+/// replace the donor's, and `generation_config.json` is not copied).
+pub fn write_tokenizer(plan: &Plan, dir: &Path) -> Result<Vec<WrittenFile>> {
+    let mut out = Vec::new();
+    for (name, bytes) in plan.tokenizer.iter().flat_map(|t| t.files.iter()) {
+        out.push(write_file(dir, name, bytes)?);
+    }
+    Ok(out)
+}
+
 /// Copies the donor's tokenizer files into `dir`; returns what was copied and warnings.
+/// With a `chat_template`, the template is written into the copies (`tokenizer_config.json`,
+/// `chat_template.jinja`) and `generation_config.json` is left out, as mergekit's
+/// re-serialised tokenizer does.
 pub fn copy_tokenizer(plan: &Plan, dir: &Path) -> Result<(Vec<WrittenFile>, Vec<String>)> {
     let mut out = Vec::new();
     let mut warnings = Vec::new();
@@ -191,8 +204,14 @@ pub fn copy_tokenizer(plan: &Plan, dir: &Path) -> Result<(Vec<WrittenFile>, Vec<
     }
     for f in TOKENIZER_FILES {
         let p = src.join(f);
+        if plan.chat_template.is_some() && *f == "generation_config.json" {
+            continue;
+        }
         if p.is_file() {
-            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let mut bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            if let Some(t) = &plan.chat_template {
+                bytes = crate::vocab::template_copied_file(f, bytes, t, &p)?;
+            }
             out.push(write_file(dir, f, &bytes)?);
         }
     }

@@ -63,6 +63,9 @@ pub struct PlannedSource {
     pub is_base: bool,
     /// Resolved per-model parameters.
     pub params: ParamValues,
+    /// Row remapping to the output vocabulary (embedding tensors, when a tokenizer is built);
+    /// shared by all sources of the tensor.
+    pub rows: Option<std::sync::Arc<crate::vocab::RowMap>>,
 }
 
 /// One output tensor.
@@ -131,6 +134,11 @@ pub struct Plan {
     pub seed: u64,
     /// Non-fatal findings.
     pub warnings: Vec<String>,
+    /// The tokenizer built from the recipe's tokenizer options (written instead of the
+    /// donor's files).
+    pub tokenizer: Option<crate::vocab::TokenizerFiles>,
+    /// The resolved `chat_template` (applied to the tokenizer files written).
+    pub chat_template: Option<String>,
 }
 
 impl Plan {
@@ -234,7 +242,7 @@ pub fn build(recipe: &Recipe, models: Vec<PlanModel>, opts: &PlanOptions) -> Res
     let method = lookup_method(recipe)?;
     let mut warnings = recipe.warnings.clone();
     warnings.extend(check_params(recipe, method)?);
-    check_unsupported(recipe)?;
+    let vocab_opts = crate::vocab::VocabOptions::from_recipe(recipe)?;
     let idx = |r: &ModelRef| {
         models
             .iter()
@@ -383,6 +391,7 @@ pub fn build(recipe: &Recipe, models: Vec<PlanModel>, opts: &PlanOptions) -> Res
         recipe,
         models: &models,
         method,
+        remap: vocab_opts.tokenizer.is_some(),
     };
     let first = &slices[0];
     let last = slices.last().expect("at least one slice");
@@ -429,6 +438,16 @@ pub fn build(recipe: &Recipe, models: Vec<PlanModel>, opts: &PlanOptions) -> Res
             set_json_path(cfg, key, out_layer.into());
         }
     }
+    let vocab = crate::vocab::apply(
+        recipe,
+        &vocab_opts,
+        &models,
+        donor,
+        &mut tensors,
+        &mut config,
+        &mut warnings,
+    )?;
+    warnings.extend(crate::vocab::crop_warnings(&models, &tensors));
     let shards = layout_shards(&tensors, opts.shard_size);
     Ok(Plan {
         method,
@@ -442,6 +461,8 @@ pub fn build(recipe: &Recipe, models: Vec<PlanModel>, opts: &PlanOptions) -> Res
         num_layers: out_layer,
         seed: opts.seed,
         warnings,
+        tokenizer: vocab.tokenizer,
+        chat_template: vocab.chat_template,
     })
 }
 
@@ -550,6 +571,8 @@ struct Ctx<'a> {
     recipe: &'a Recipe,
     models: &'a [PlanModel],
     method: &'static dyn MergeMethod,
+    /// Embedding rows are remapped to a built vocabulary (their counts may differ).
+    remap: bool,
 }
 
 fn find_tensor(ck: &Checkpoint, mut names: impl Iterator<Item = String>) -> Option<String> {
@@ -633,6 +656,7 @@ impl Ctx<'_> {
                         tensor: n.clone(),
                         is_base: Some(s.model) == base_model,
                         params: ParamValues::default(),
+                        rows: None,
                     }],
                     global: ParamValues::default(),
                     raw_copy: true,
@@ -651,9 +675,11 @@ impl Ctx<'_> {
         let shape0 = &infos[0].shape;
         let mut shape = shape0.clone();
         if let Some((j, other)) = infos.iter().enumerate().find(|(_, i)| &i.shape != shape0) {
-            let rectify =
-                info.rectify_embeddings && w.is_embed && infos.iter().all(|i| i.shape.len() == 2);
-            if !rectify {
+            let all_2d = w.is_embed && infos.iter().all(|i| i.shape.len() == 2);
+            let rectify = info.rectify_embeddings && all_2d;
+            // with a built vocabulary only the row counts may differ (rows are remapped)
+            let remapped = self.remap && all_2d && infos.iter().all(|i| i.shape[1] == shape0[1]);
+            if !rectify && !remapped {
                 return Err(Error::ShapeMismatch {
                     tensor: oname.to_string(),
                     detail: format!(
@@ -667,10 +693,12 @@ impl Ctx<'_> {
                     ),
                 });
             }
-            shape = vec![
-                infos.iter().map(|i| i.shape[0]).min().unwrap_or(0),
-                infos.iter().map(|i| i.shape[1]).min().unwrap_or(0),
-            ];
+            if !remapped {
+                shape = vec![
+                    infos.iter().map(|i| i.shape[0]).min().unwrap_or(0),
+                    infos.iter().map(|i| i.shape[1]).min().unwrap_or(0),
+                ];
+            }
         }
         // parameters
         let mut planned = Vec::new();
@@ -690,6 +718,7 @@ impl Ctx<'_> {
                 tensor: iname.clone(),
                 is_base,
                 params,
+                rows: None,
             });
         }
         let global = self.resolve(Scope::Global, slice, None, oname, t, false, oname)?;
@@ -792,7 +821,7 @@ pub fn check_recipe(recipe: &Recipe) -> Result<Vec<String>> {
     let method = lookup_method(recipe)?;
     let mut warnings = recipe.warnings.clone();
     warnings.extend(check_params(recipe, method)?);
-    check_unsupported(recipe)?;
+    crate::vocab::VocabOptions::from_recipe(recipe)?.check_models(recipe)?;
     let info = method.info();
     if info.base == BaseUse::Required
         && recipe.base_model.is_none()
@@ -865,19 +894,6 @@ fn lookup_method(recipe: &Recipe) -> Result<&'static dyn MergeMethod> {
             ),
         )
     })
-}
-
-fn check_unsupported(recipe: &Recipe) -> Result<()> {
-    if let Some((_, p)) = &recipe.tokenizer_source {
-        return Err(recipe.error(*p, "`tokenizer_source` is not supported yet"));
-    }
-    if let Some((_, p)) = &recipe.tokenizer {
-        return Err(recipe.error(*p, "the `tokenizer:` block is not supported yet"));
-    }
-    if let Some((_, p)) = &recipe.chat_template {
-        return Err(recipe.error(*p, "`chat_template` is not supported yet"));
-    }
-    Ok(())
 }
 
 /// Checks every parameter of the recipe against the method: unknown names are errors (with

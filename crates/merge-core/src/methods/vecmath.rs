@@ -160,6 +160,32 @@ pub fn torch_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
     acc
 }
 
+/// The `f32` sums over the first axis of a `rows × cols` matrix (`f(row, col)`), exactly as
+/// PyTorch's CPU `sum(dim=0)` reduces a contiguous matrix single-threaded (ATen's outer sum:
+/// columns in groups of four vectors take one cascade each; the remaining columns take the
+/// four-way interleaved cascade). `half`: the matrix is float16/bfloat16 (summed in `f32`;
+/// its wider vectors decide whether the vectorized path runs). Columns are independent, so
+/// this replays each column's sum on its own.
+pub fn torch_sum_dim0(
+    rows: usize,
+    cols: usize,
+    half: bool,
+    f: impl Fn(usize, usize) -> f32,
+) -> Vec<f32> {
+    let entry = if half { 2 * LANES } else { LANES };
+    let group = if cols >= entry { 4 * LANES } else { 4 };
+    let grouped = cols / group * group;
+    (0..cols)
+        .map(|c| {
+            if c < grouped {
+                multi_row_sum::<f32, 1>(rows, |i, _| f(i, c))[0]
+            } else {
+                row_sum(rows, |i| f(i, c))
+            }
+        })
+        .collect()
+}
+
 /// The `f32` L2 norm of `f(0), …, f(n−1)` exactly as PyTorch's CPU `torch.norm` /
 /// `linalg.vector_norm` computes it over a contiguous float32 last dimension (one vector of
 /// 8 lanes accumulating `x·x`, the lanes then summed in order, the tail, then `sqrt`).
