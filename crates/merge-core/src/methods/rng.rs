@@ -2,8 +2,10 @@
 //!
 //! A draw is a pure function of (seed, tensor name, model index, element index): no stream
 //! state, so any chunk of any tensor can be drawn by any thread in any order and the result is
-//! the same bits on every machine. The mixer is SplitMix64's finaliser applied to a key derived
-//! from the seed and the tensor name (SHA-256), which is plenty for Bernoulli masks.
+//! the same bits on every machine. A draw is SplitMix64's finaliser applied once to a counter
+//! built from the element index, the model index and a key derived from the seed and the
+//! tensor name (SHA-256): cheap enough for DARE's one draw per element, and plenty for
+//! Bernoulli masks (the tests check keep rates and independence between models).
 
 use sha2::{Digest, Sha256};
 
@@ -28,8 +30,14 @@ impl RngKey {
     /// `model` value, e.g. `u32::MAX`).
     #[inline]
     pub fn bits(&self, model: u32, index: u64) -> u64 {
-        let a = mix(self.0 ^ mix(index.wrapping_add(self.1)));
-        mix(a ^ (model as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        // one SplitMix64 finalisation of a counter that is distinct for every (model, index)
+        // pair of a tensor: the index strides by an odd constant, each model is offset by
+        // another, and the tensor key is mixed in
+        let counter = index
+            .wrapping_mul(0xD1B5_4A32_D192_ED03)
+            .wrapping_add((model as u64 + 1).wrapping_mul(0xAEF1_7502_108E_F2D9))
+            .wrapping_add(self.1);
+        mix(counter ^ self.0)
     }
 
     /// A uniform `f32` in `[0, 1)` with 24 random bits.

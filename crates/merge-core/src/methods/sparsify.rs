@@ -366,6 +366,39 @@ impl Mask {
 }
 
 impl MaskCursor<'_> {
+    /// Zeroes the dropped elements of `dst`, which holds elements `start..` of the slice, in
+    /// order (the cursor's variant is matched once per call, not once per element).
+    pub fn apply(&mut self, start: usize, dst: &mut [f32]) {
+        match self {
+            MaskCursor::Const(true) => {}
+            MaskCursor::Const(false) => dst.fill(0.0),
+            MaskCursor::Top(t) => {
+                for d in dst.iter_mut() {
+                    *d = select_f32(t.contains(magnitude_key(*d)), *d);
+                }
+            }
+            MaskCursor::Band(k, dr) => {
+                for d in dst.iter_mut() {
+                    let key = magnitude_key(*d);
+                    let a = k.contains(key);
+                    let b = dr.contains(key);
+                    *d = select_f32(a && !b, *d);
+                }
+            }
+            MaskCursor::Bits(b) => {
+                for (l, d) in dst.iter_mut().enumerate() {
+                    let i = start + l;
+                    *d = select_f32((b[i >> 6] >> (i & 63)) & 1 != 0, *d);
+                }
+            }
+            MaskCursor::Explicit(m) => {
+                for (d, k) in dst.iter_mut().zip(&m[start..]) {
+                    *d = select_f32(*k, *d);
+                }
+            }
+        }
+    }
+
     /// Whether element `i` (index in the slice), with magnitude key `key`, is kept.
     #[inline]
     pub fn keep(&mut self, i: usize, key: u32) -> bool {

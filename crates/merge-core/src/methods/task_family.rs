@@ -24,7 +24,7 @@
 use super::consensus::{self, Consensus};
 use super::rng::RngKey;
 use super::round::{Round, with_round};
-use super::sparsify::{self, CHUNK, Delta, Mask, magnitude_key, round_scalar};
+use super::sparsify::{self, CHUNK, Delta, Mask, round_scalar};
 use super::{MergeCtx, ParamSpec};
 use crate::dtype::DType;
 use rayon::prelude::*;
@@ -184,11 +184,7 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
                 *d = R::round(x - b);
             }
             if !p.mask.is_all() {
-                let mut cur = p.mask.cursor(c);
-                for (l, d) in dst.iter_mut().enumerate() {
-                    let keep = cur.keep(start + l, magnitude_key(*d));
-                    *d = sparsify::select_f32(keep, *d);
-                }
+                p.mask.cursor(c).apply(start, dst);
             }
             if let Some(f) = p.factor {
                 // the work dtype is the math dtype or f32: one rounding to the math dtype
