@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::checkpoint::TensorInfo;
 use crate::error::{Error, Result};
-use crate::methods::{Input, MergeCtx};
+use crate::methods::{ChunkSink, ChunkSource, Input, MergeCtx};
 use crate::plan::{Plan, PlannedTensor};
 
 /// Elements per streamed chunk of an elementwise merge.
@@ -125,27 +125,50 @@ impl Budget {
     }
 }
 
-/// Estimated working bytes of one tensor.
-pub fn tensor_cost(plan: &Plan, t: &PlannedTensor, threads: usize) -> u64 {
+/// Whether tensor `t` is merged by a streaming kernel under `budget` (its whole-tensor working
+/// set would not fit, and the method can stream it).
+pub fn streams(plan: &Plan, t: &PlannedTensor, threads: usize, budget: u64) -> bool {
+    !t.raw_copy
+        && !plan.method.info().elementwise
+        && plan.method.can_stream()
+        && whole_cost(t) > budget
+        && t.sources
+            .iter()
+            .all(|s| s.rows.is_none() && !plan.models[s.model].checkpoint.has_delta(&s.tensor))
+        && threads > 0
+}
+
+fn whole_cost(t: &PlannedTensor) -> u64 {
     let n = t.numel() as u64;
     let k = t.sources.len() as u64;
+    n * 4 * (k + 2) + n * t.out_dtype.size() as u64
+}
+
+/// Estimated working bytes of one tensor when merged under `budget`.
+pub fn tensor_cost_under(plan: &Plan, t: &PlannedTensor, threads: usize, budget: u64) -> u64 {
+    if streams(plan, t, threads, budget) {
+        // chunks in flight: a buffer per input, the output and the method's own per-chunk state
+        let live = (CHUNK * threads) as u64;
+        live * 4 * (t.sources.len() as u64 + 4)
+    } else {
+        tensor_cost(plan, t, threads)
+    }
+}
+
+/// Estimated working bytes of one tensor.
+pub fn tensor_cost(plan: &Plan, t: &PlannedTensor, threads: usize) -> u64 {
     if t.raw_copy {
         return 0;
     }
-    let remapped = t.sources.iter().any(|s| s.rows.is_some());
-    if plan.method.info().elementwise && !remapped {
-        // chunks in flight: f32 buffers per input and the output, plus the mapped input pages
-        // (released chunk by chunk)
+    let n = t.numel() as u64;
+    let k = t.sources.len() as u64;
+    if plan.method.info().elementwise {
+        // chunks in flight: f32 buffers per input and the output, and the encoded bytes
         let live = n.min((CHUNK * threads) as u64);
-        live * 4 * (k + 1) + live * (t.out_dtype.size() as u64 + 4 * k)
+        live * 4 * (k + 1) + live * t.out_dtype.size() as u64
     } else {
-        // every input as f32, a result and a scratch buffer, and the mapped input pages
-        let mapped: u64 = t
-            .sources
-            .iter()
-            .map(|s| plan.source_info(s).range.len() as u64)
-            .sum();
-        n * 4 * (k + 2) + n * t.out_dtype.size() as u64 + mapped
+        // every input as f32, a result and a scratch buffer
+        whole_cost(t)
     }
 }
 
@@ -172,7 +195,7 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
             if failed.load(Ordering::SeqCst) {
                 break;
             }
-            let held = budget.acquire(tensor_cost(plan, t, threads));
+            let held = budget.acquire(tensor_cost_under(plan, t, threads, opts.memory_budget));
             for s in &t.sources {
                 plan.models[s.model]
                     .checkpoint
@@ -184,7 +207,7 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
                 let r = if failed.load(Ordering::SeqCst) {
                     Ok(())
                 } else {
-                    run_tensor(plan, i, sink)
+                    run_tensor(plan, i, sink, streams(plan, t, threads, opts.memory_budget))
                 };
                 for s in &t.sources {
                     plan.models[s.model].checkpoint.release(plan.source_info(s));
@@ -273,12 +296,97 @@ fn read_source(
     Ok(())
 }
 
-fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink) -> Result<()> {
+struct StreamSource<'a> {
+    plan: &'a Plan,
+    t: &'a PlannedTensor,
+    chunk: usize,
+}
+
+impl ChunkSource for StreamSource<'_> {
+    fn inputs(&self) -> usize {
+        self.t.sources.len()
+    }
+    fn chunk(&self) -> usize {
+        self.chunk
+    }
+    fn read(&self, input: usize, range: Range<usize>, out: &mut [f32]) -> Result<()> {
+        let s = &self.t.sources[input];
+        let info = self.plan.source_info(s);
+        read_source(
+            self.plan,
+            &s.tensor,
+            info,
+            s.model,
+            &self.t.shape,
+            range,
+            out,
+        )?;
+        if info.dtype != self.t.math {
+            self.t.math.round_slice(out);
+        }
+        Ok(())
+    }
+}
+
+struct StreamSink<'a> {
+    sink: &'a dyn TensorSink,
+    ti: usize,
+}
+
+impl ChunkSink for StreamSink<'_> {
+    fn write(&self, offset: usize, values: &[f32]) -> Result<()> {
+        self.sink.write_f32(self.ti, offset, values)
+    }
+}
+
+fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink, stream: bool) -> Result<()> {
     let t = &plan.tensors[ti];
     if t.raw_copy {
         let s = &t.sources[0];
         let info = plan.source_info(s);
         return sink.write_raw(ti, plan.models[s.model].checkpoint.bytes(info));
+    }
+    if stream {
+        let multiple = sink.chunk_multiple(ti).max(1);
+        let src = StreamSource {
+            plan,
+            t,
+            chunk: (CHUNK / multiple).max(1) * multiple,
+        };
+        let names: Vec<String> = t
+            .sources
+            .iter()
+            .map(|s| plan.models[s.model].reference.to_string())
+            .collect();
+        let inputs: Vec<Input> = t
+            .sources
+            .iter()
+            .zip(&names)
+            .map(|(s, n)| Input {
+                data: &[],
+                is_base: s.is_base,
+                params: &s.params,
+                model: n,
+            })
+            .collect();
+        let ctx = MergeCtx {
+            tensor: &t.name,
+            shape: &t.shape,
+            offset: 0,
+            inputs: &inputs,
+            global: &t.global,
+            math: t.math,
+            seed: plan.seed,
+            is_embed: t.is_embed,
+        };
+        return plan
+            .method
+            .merge_streaming(&ctx, &src, &StreamSink { sink, ti })
+            .map_err(|reason| Error::Method {
+                method: plan.method.info().name.to_string(),
+                tensor: t.name.clone(),
+                reason,
+            });
     }
     let numel = t.numel();
     let infos: Vec<&TensorInfo> = t.sources.iter().map(|s| plan.source_info(s)).collect();

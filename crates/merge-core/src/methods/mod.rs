@@ -249,6 +249,30 @@ impl<'a> MergeCtx<'a> {
     }
 }
 
+/// Chunked access to the inputs of one tensor, for kernels that stream a tensor too large to
+/// hold whole within the memory budget ([`MergeMethod::merge_streaming`]).
+pub trait ChunkSource: Sync {
+    /// Number of inputs (as `ctx.inputs`).
+    fn inputs(&self) -> usize;
+    /// The chunk length output must be written in: every [`ChunkSink::write`] covers
+    /// `[k·chunk, min((k+1)·chunk, numel))` for some `k` (rows of a GGUF tensor stay whole).
+    fn chunk(&self) -> usize;
+    /// Reads elements `range` of input `input`, rounded to the math dtype, into `out`.
+    /// May be called from several threads and any number of times.
+    fn read(
+        &self,
+        input: usize,
+        range: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) -> crate::Result<()>;
+}
+
+/// Where a streaming kernel writes the merged tensor, chunk by chunk, each element once.
+pub trait ChunkSink: Sync {
+    /// Writes `values` at element `offset` of the output tensor.
+    fn write(&self, offset: usize, values: &[f32]) -> crate::Result<()>;
+}
+
 /// A merge method.
 pub trait MergeMethod: Send + Sync {
     /// The method's static description.
@@ -257,6 +281,29 @@ pub trait MergeMethod: Send + Sync {
     /// Merges `ctx.inputs` into `out` (`out.len()` equals every input's length).
     /// Errors are plain messages; the executor adds the method and tensor names.
     fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String>;
+
+    /// Whether [`MergeMethod::merge_streaming`] is implemented.
+    fn can_stream(&self) -> bool {
+        false
+    }
+
+    /// Merges a tensor too large for the memory budget without holding any input whole:
+    /// reads chunks from `src` as often as needed (whole-tensor statistics first, in fixed
+    /// chunks combined in a fixed order) and writes every output chunk to `out`. `ctx.inputs`
+    /// carry the per-model parameters, but their `data` is empty. The result must be
+    /// bit-identical to [`MergeMethod::merge`] on the same tensor, so the output never depends
+    /// on the budget. Returns an error message as `merge` does.
+    fn merge_streaming(
+        &self,
+        _ctx: &MergeCtx<'_>,
+        _src: &dyn ChunkSource,
+        _out: &dyn ChunkSink,
+    ) -> Result<(), String> {
+        Err(format!(
+            "merge method `{}` cannot stream a tensor",
+            self.info().name
+        ))
+    }
 }
 
 impl std::fmt::Debug for dyn MergeMethod {
