@@ -11,5 +11,6 @@ mod inputs;
 mod parity;
 mod quantize;
 mod recipes;
+mod streaming;
 mod util;
 mod vocab;

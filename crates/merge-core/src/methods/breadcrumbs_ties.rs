@@ -4,7 +4,7 @@
 //! file only configures it.
 
 use super::task_family::{self, Family, Sparsification};
-use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use super::{BaseUse, ChunkSink, ChunkSource, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 
 /// The `breadcrumbs_ties` method.
 pub struct BreadcrumbsTies;
@@ -44,6 +44,19 @@ impl MergeMethod for BreadcrumbsTies {
 
     fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
         task_family::merge(&FAMILY, ctx, out)
+    }
+
+    fn can_stream(&self) -> bool {
+        true
+    }
+
+    fn merge_streaming(
+        &self,
+        ctx: &MergeCtx<'_>,
+        src: &dyn ChunkSource,
+        out: &dyn ChunkSink,
+    ) -> Result<(), String> {
+        task_family::merge_streaming(&FAMILY, ctx, src, out)
     }
 }
 

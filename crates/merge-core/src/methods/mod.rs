@@ -394,6 +394,128 @@ pub(crate) mod testutil {
         Ok(out)
     }
 
+    /// A [`ChunkSource`] over whole in-memory inputs.
+    pub struct VecSource<'a> {
+        /// The inputs' values.
+        pub data: Vec<&'a [f32]>,
+        /// The output chunk length.
+        pub chunk: usize,
+    }
+
+    impl ChunkSource for VecSource<'_> {
+        fn inputs(&self) -> usize {
+            self.data.len()
+        }
+        fn chunk(&self) -> usize {
+            self.chunk
+        }
+        fn read(
+            &self,
+            input: usize,
+            range: std::ops::Range<usize>,
+            out: &mut [f32],
+        ) -> crate::Result<()> {
+            out.copy_from_slice(&self.data[input][range]);
+            Ok(())
+        }
+    }
+
+    /// A [`ChunkSink`] collecting the output, checking that every write is one whole chunk
+    /// and that no element is written twice.
+    pub struct VecSink {
+        /// The output values and which elements were written.
+        pub out: std::sync::Mutex<(Vec<f32>, Vec<bool>)>,
+        /// The chunk length writes must follow.
+        pub chunk: usize,
+    }
+
+    impl ChunkSink for VecSink {
+        fn write(&self, offset: usize, values: &[f32]) -> crate::Result<()> {
+            let mut g = self.out.lock().unwrap();
+            let n = g.0.len();
+            assert_eq!(offset % self.chunk, 0, "write at {offset}");
+            assert_eq!(
+                values.len(),
+                self.chunk.min(n - offset),
+                "write at {offset}"
+            );
+            for (i, v) in values.iter().enumerate() {
+                assert!(!g.1[offset + i], "element {} written twice", offset + i);
+                g.1[offset + i] = true;
+                g.0[offset + i] = *v;
+            }
+            Ok(())
+        }
+    }
+
+    /// Runs `method` whole and streamed (chunk `chunk`, at 1 and 4 threads) on a tensor of
+    /// `shape` and asserts bit-identical outputs; returns the whole-tensor output.
+    pub fn assert_streams_like_merge(
+        method: &dyn MergeMethod,
+        inputs: &[(&[f32], bool, ParamValues)],
+        global: ParamValues,
+        math: DType,
+        shape: &[usize],
+        chunk: usize,
+    ) -> Vec<f32> {
+        assert!(method.can_stream(), "{}", method.info().name);
+        let n: usize = shape.iter().product();
+        let ins: Vec<Input> = inputs
+            .iter()
+            .enumerate()
+            .map(|(k, (d, b, p))| Input {
+                data: d,
+                is_base: *b,
+                params: p,
+                model: ["m0", "m1", "m2", "m3", "m4"][k.min(4)],
+            })
+            .collect();
+        let ctx = MergeCtx {
+            tensor: "model.embed_tokens.weight",
+            shape,
+            offset: 0,
+            inputs: &ins,
+            global: &global,
+            math,
+            seed: 42,
+            is_embed: true,
+        };
+        let mut want = vec![0.0; n];
+        method.merge(&ctx, &mut want).unwrap();
+        let empty: Vec<Input> = ins.iter().map(|i| Input { data: &[], ..*i }).collect();
+        let sctx = MergeCtx {
+            inputs: &empty,
+            ..ctx
+        };
+        for threads in [1, 4] {
+            let src = VecSource {
+                data: inputs.iter().map(|i| i.0).collect(),
+                chunk,
+            };
+            let sink = VecSink {
+                out: std::sync::Mutex::new((vec![f32::NAN; n], vec![false; n])),
+                chunk,
+            };
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| method.merge_streaming(&sctx, &src, &sink))
+                .unwrap();
+            let (got, written) = sink.out.into_inner().unwrap();
+            assert!(written.iter().all(|w| *w), "not every element written");
+            for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{} element {i} at {threads} threads: {a} vs {b}",
+                    method.info().name
+                );
+            }
+        }
+        want
+    }
+
     /// Per-model parameters from pairs.
     pub fn p(pairs: &[(&'static str, f64)]) -> ParamValues {
         ParamValues(pairs.to_vec())

@@ -4,9 +4,11 @@
 //!
 //! Nothing here copies a task vector. It is read through [`Values`] (e.g. [`Delta`], which
 //! computes `round(x − base)` on the fly), and a sparsifier returns a [`Mask`]: a compact
-//! description of the kept set (a threshold with per-chunk tie quotas for the magnitude
-//! methods, packed bits for DARE, one flag per element for DELLA) that a kernel walks chunk by
-//! chunk with a [`MaskCursor`] while it computes its output. Whole-tensor work (histograms for the top-k threshold, L1 norms) runs
+//! description of the kept set (a threshold and the index of the last kept tie for the
+//! magnitude methods, packed bits for DARE, one flag per element for DELLA; or, for kernels
+//! streaming a tensor too large to hold, the DARE and DELLA draws recomputed on demand) that a
+//! kernel applies to any range of elements ([`Mask::apply_range`]) while it computes its
+//! output: membership never depends on how the tensor is cut into chunks. Whole-tensor work (histograms for the top-k threshold, L1 norms) runs
 //! in parallel over fixed chunks of [`CHUNK`] elements whose partial results are integers or are
 //! combined in chunk order, so masks and factors never depend on the thread count.
 //!
@@ -28,7 +30,7 @@
 //! `|δ|` (high 16 bits, then low 16 bits among the candidates; skipped when every value is a
 //! bf16 pattern) finds the threshold; a third
 //! pass, only when the threshold value is tied and not all ties fit, counts the tied elements
-//! per chunk so each chunk knows how many of its own ties to keep.
+//! per chunk to find the index of the last tie kept.
 //!
 //! # Numbers
 //!
@@ -67,6 +69,13 @@ pub trait Values: Sync {
     fn numel(&self) -> usize;
     /// The value at `i`.
     fn at(&self, i: usize) -> f32;
+    /// Writes the values of elements `start..start + out.len()` into `out` (what the passes
+    /// over a whole tensor use: a provider backed by chunk reads implements this one well).
+    fn fill(&self, start: usize, out: &mut [f32]) {
+        for (l, o) in out.iter_mut().enumerate() {
+            *o = self.at(start + l);
+        }
+    }
 }
 
 impl Values for [f32] {
@@ -77,6 +86,18 @@ impl Values for [f32] {
     fn at(&self, i: usize) -> f32 {
         self[i]
     }
+    fn fill(&self, start: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self[start..start + out.len()]);
+    }
+}
+
+/// Fills `buf` with chunk `c` (elements `c·CHUNK ..`) of `v` and returns the chunk's start.
+fn load_chunk<V: Values + ?Sized>(v: &V, c: usize, buf: &mut Vec<f32>) -> usize {
+    let n = v.numel();
+    let start = c * CHUNK;
+    buf.resize(CHUNK.min(n - start), 0.0);
+    v.fill(start, buf);
+    start
 }
 
 /// A task vector `round(x − base)` computed on the fly in the math dtype `R`.
@@ -131,66 +152,47 @@ fn py_int_mul(a: f64, n: usize) -> i64 {
     (a * n as f64) as i64
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Ties {
-    /// Every element equal to the threshold is in.
-    All,
-    /// Per chunk: how many elements equal to the threshold are in (the first ones by index).
-    Quota(Vec<u32>),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum TopKind {
-    Nothing,
-    Everything,
-    Threshold { key: u32, ties: Ties },
-}
-
 /// The first `k` elements of the priority order (see the module docs), as a threshold on
-/// [`magnitude_key`] plus a per-chunk quota of tied elements.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TopSet(TopKind);
-
-/// Walks one chunk of a [`TopSet`]; must see every element of the chunk in index order.
-#[derive(Debug, Clone, Copy)]
-pub struct TopCursor {
+/// [`magnitude_key`] plus the index of the last tied element that is in: membership is a
+/// function of an element's index and key alone, so a tensor can be walked in any chunking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopSet {
+    /// Keys above this are in.
     key: u32,
-    ties_left: u32,
+    /// Elements whose key equals `key` are in when their index is at most `last`.
+    last: usize,
+    /// Whether the set is empty (k = 0).
+    empty: bool,
 }
 
-impl TopCursor {
-    /// Whether the next element (with magnitude key `key`) is in the set.
-    #[inline(always)]
-    pub fn contains(&mut self, key: u32) -> bool {
-        // branch-free: around a density of 0.5 the comparison is a coin flip
-        let gt = key > self.key;
-        let tie = (key == self.key) & (self.ties_left > 0);
-        self.ties_left -= tie as u32;
-        gt | tie
-    }
-}
+/// Membership test of a [`TopSet`] (kept for the cursor-style API: it holds no state).
+pub type TopCursor = TopSet;
 
 impl TopSet {
-    /// The cursor for chunk `chunk` (elements `chunk·CHUNK ..`).
-    pub fn cursor(&self, chunk: usize) -> TopCursor {
-        match &self.0 {
-            TopKind::Nothing => TopCursor {
-                key: u32::MAX,
-                ties_left: 0,
-            },
-            TopKind::Everything => TopCursor {
-                key: 0,
-                ties_left: u32::MAX,
-            },
-            TopKind::Threshold { key, ties } => TopCursor {
-                key: *key,
-                ties_left: match ties {
-                    Ties::All => u32::MAX,
-                    Ties::Quota(q) => q[chunk],
-                },
-            },
-        }
+    /// Whether element `i` with magnitude key `key` is in the set.
+    #[inline(always)]
+    pub fn contains(&self, i: usize, key: u32) -> bool {
+        // branch-free: around a density of 0.5 the comparison is a coin flip
+        let gt = key > self.key;
+        let tie = (key == self.key) & (i <= self.last);
+        (gt | tie) & !self.empty
     }
+
+    /// The membership test for chunk `chunk` (the same for every chunk).
+    pub fn cursor(&self, _chunk: usize) -> TopCursor {
+        *self
+    }
+
+    const NOTHING: TopSet = TopSet {
+        key: u32::MAX,
+        last: 0,
+        empty: true,
+    };
+    const EVERYTHING: TopSet = TopSet {
+        key: 0,
+        last: usize::MAX,
+        empty: false,
+    };
 }
 
 const BINS: usize = 1 << 16;
@@ -205,18 +207,20 @@ fn histogram<V: Values + ?Sized>(
     (0..n.div_ceil(CHUNK))
         .into_par_iter()
         .fold(
-            || (vec![0u64; BINS], 0u32),
-            |(mut h, mut low), c| {
-                for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                    let key = magnitude_key(v.at(i));
+            || (vec![0u64; BINS], 0u32, Vec::new()),
+            |(mut h, mut low, mut buf), c| {
+                load_chunk(v, c, &mut buf);
+                for x in &buf {
+                    let key = magnitude_key(*x);
                     low |= key & 0xffff;
                     if let Some(b) = bin(key) {
                         h[b] += 1;
                     }
                 }
-                (h, low)
+                (h, low, buf)
             },
         )
+        .map(|(h, low, _)| (h, low))
         // integer counts and a bitwise OR: the combination order cannot change the result
         .reduce(
             || (vec![0u64; BINS], 0u32),
@@ -246,10 +250,10 @@ fn find_bin(h: &[u64], k: u64) -> (usize, u64) {
 pub fn select_top<V: Values + ?Sized>(v: &V, k: usize) -> TopSet {
     let n = v.numel();
     if k == 0 {
-        return TopSet(TopKind::Nothing);
+        return TopSet::NOTHING;
     }
     if k >= n {
-        return TopSet(TopKind::Everything);
+        return TopSet::EVERYTHING;
     }
     let (h1, low_bits) = histogram(v, |key| Some((key >> 16) as usize));
     let (hi, above1) = find_bin(&h1, k as u64);
@@ -268,32 +272,46 @@ pub fn select_top<V: Values + ?Sized>(v: &V, k: usize) -> TopSet {
     let key = (hi32 << 16) | lo as u32;
     let ties_needed = need - above2;
     if ties_needed == tied {
-        return TopSet(TopKind::Threshold {
+        return TopSet {
             key,
-            ties: Ties::All,
-        });
+            last: usize::MAX,
+            empty: false,
+        };
     }
+    // the index of the `ties_needed`-th tied element: count ties per chunk, then scan the
+    // chunk where the count is reached
     let per_chunk: Vec<u64> = (0..n.div_ceil(CHUNK))
         .into_par_iter()
-        .map(|c| {
-            (c * CHUNK..((c + 1) * CHUNK).min(n))
-                .filter(|&i| magnitude_key(v.at(i)) == key)
-                .count() as u64
+        .map_init(Vec::new, |buf, c| {
+            load_chunk(v, c, buf);
+            buf.iter().filter(|x| magnitude_key(**x) == key).count() as u64
         })
         .collect();
     let mut left = ties_needed;
-    let quota = per_chunk
-        .into_iter()
-        .map(|cnt| {
-            let q = cnt.min(left);
-            left -= q;
-            q as u32
-        })
-        .collect();
-    TopSet(TopKind::Threshold {
+    let mut last = usize::MAX;
+    for (c, cnt) in per_chunk.into_iter().enumerate() {
+        if cnt < left {
+            left -= cnt;
+            continue;
+        }
+        let mut buf = Vec::new();
+        let start = load_chunk(v, c, &mut buf);
+        for (l, x) in buf.iter().enumerate() {
+            if magnitude_key(*x) == key {
+                left -= 1;
+                if left == 0 {
+                    last = start + l;
+                    break;
+                }
+            }
+        }
+        break;
+    }
+    TopSet {
         key,
-        ties: Ties::Quota(quota),
-    })
+        last,
+        empty: false,
+    }
 }
 
 /// Which elements of a task vector are kept.
@@ -314,11 +332,47 @@ pub enum Mask {
     },
     /// A packed bit mask: element `i` is kept when bit `i % 64` of word `i / 64` is set.
     Bits(Vec<u64>),
+    /// The DARE draws, recomputed when asked ([`bernoulli_lazy`]): the same elements as the
+    /// packed [`Mask::Bits`] of [`bernoulli`] with the same arguments, in no memory.
+    Random(RandomMask),
     /// An explicit per-element mask.
     Explicit(Vec<bool>),
+    /// The DELLA draws, recomputed per row block when asked ([`della_magprune_lazy`]): the
+    /// same elements as the explicit mask of [`della_magprune`].
+    Della(Box<DellaMask>),
 }
 
-/// Walks one chunk of a [`Mask`]; must see every element of the chunk in index order.
+/// The parameters of a lazily drawn DARE mask: element `i` is kept when
+/// `key.uniform(model, offset + i) < p`.
+#[derive(Debug, Clone, Copy)]
+pub struct RandomMask {
+    p: f32,
+    key: RngKey,
+    model: u32,
+    offset: usize,
+}
+
+impl RandomMask {
+    #[inline(always)]
+    fn keep(&self, i: usize) -> bool {
+        self.key.uniform(self.model, (self.offset + i) as u64) < self.p
+    }
+}
+
+/// The parameters of a lazily drawn DELLA mask (see [`della_magprune`]).
+#[derive(Debug, Clone)]
+pub struct DellaMask {
+    /// Elements per ranked block (`c · inner`).
+    block: usize,
+    c: usize,
+    inner: usize,
+    probs: Vec<f32>,
+    key: RngKey,
+    model: u32,
+    offset: usize,
+}
+
+/// Walks one chunk of a [`Mask`] (for the eager variants: the lazy ones have no cursor).
 #[derive(Debug)]
 pub enum MaskCursor<'a> {
     /// Constant answer.
@@ -329,12 +383,15 @@ pub enum MaskCursor<'a> {
     Band(TopCursor, TopCursor),
     /// Packed bits.
     Bits(&'a [u64]),
+    /// Lazy random draws.
+    Random(RandomMask),
     /// Explicit mask.
     Explicit(&'a [bool]),
 }
 
 impl Mask {
-    /// The cursor for chunk `chunk` (elements `chunk·CHUNK ..` of the slice).
+    /// The cursor for chunk `chunk` (elements `chunk·CHUNK ..` of the slice). Panics on a
+    /// [`Mask::Della`], whose membership needs the values: use [`Mask::apply_range`].
     pub fn cursor(&self, chunk: usize) -> MaskCursor<'_> {
         match self {
             Mask::All => MaskCursor::Const(true),
@@ -342,7 +399,9 @@ impl Mask {
             Mask::Top(t) => MaskCursor::Top(t.cursor(chunk)),
             Mask::Band { keep, drop } => MaskCursor::Band(keep.cursor(chunk), drop.cursor(chunk)),
             Mask::Bits(b) => MaskCursor::Bits(b),
+            Mask::Random(r) => MaskCursor::Random(*r),
             Mask::Explicit(m) => MaskCursor::Explicit(m),
+            Mask::Della(_) => panic!("a lazy DELLA mask has no cursor"),
         }
     }
 
@@ -351,15 +410,68 @@ impl Mask {
         matches!(self, Mask::All)
     }
 
+    /// Zeroes the dropped elements of `dst`, which holds the values of `v` at elements
+    /// `start..start + dst.len()` (`v` is read again only by a lazy DELLA mask, for the row
+    /// blocks the range overlaps). Any range gives the same result as the whole tensor.
+    pub fn apply_range<V: Values + ?Sized>(&self, v: &V, start: usize, dst: &mut [f32]) {
+        match self {
+            Mask::Della(d) => {
+                let flags = d.flags(v, start, dst.len());
+                for (x, k) in dst.iter_mut().zip(flags) {
+                    *x = select_f32(k, *x);
+                }
+            }
+            m => m.cursor(start / CHUNK).apply(start, dst),
+        }
+    }
+
     /// The kept flags of a whole slice `v` (for tests and small tensors).
     pub fn to_vec<V: Values + ?Sized>(&self, v: &V) -> Vec<bool> {
         let n = v.numel();
-        let mut res = Vec::with_capacity(n);
-        for c in 0..n.div_ceil(CHUNK) {
-            let mut cur = self.cursor(c);
-            for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                res.push(cur.keep(i, magnitude_key(v.at(i))));
+        let mut vals = vec![0.0f32; n];
+        v.fill(0, &mut vals);
+        match self {
+            Mask::Della(d) => d.flags(v, 0, n),
+            _ => {
+                let mut cur = self.cursor(0);
+                vals.iter()
+                    .enumerate()
+                    .map(|(i, x)| cur.keep(i, magnitude_key(*x)))
+                    .collect()
             }
+        }
+    }
+}
+
+impl DellaMask {
+    /// The kept flags of elements `start..start + len`.
+    fn flags<V: Values + ?Sized>(&self, v: &V, start: usize, len: usize) -> Vec<bool> {
+        let mut res = Vec::with_capacity(len);
+        if len == 0 {
+            return res;
+        }
+        let end = start + len;
+        let mut vals = Vec::new();
+        let mut flags = Vec::new();
+        for b in start / self.block..=(end - 1) / self.block {
+            let bs = b * self.block;
+            vals.resize(self.block, 0.0);
+            v.fill(bs, &mut vals);
+            flags.clear();
+            flags.resize(self.block, false);
+            della_block(
+                &vals,
+                self.c,
+                self.inner,
+                &self.probs,
+                self.key,
+                self.model,
+                self.offset + bs,
+                &mut flags,
+            );
+            let lo = start.max(bs) - bs;
+            let hi = end.min(bs + self.block) - bs;
+            res.extend_from_slice(&flags[lo..hi]);
         }
         res
     }
@@ -373,16 +485,21 @@ impl MaskCursor<'_> {
             MaskCursor::Const(true) => {}
             MaskCursor::Const(false) => dst.fill(0.0),
             MaskCursor::Top(t) => {
-                for d in dst.iter_mut() {
-                    *d = select_f32(t.contains(magnitude_key(*d)), *d);
+                for (l, d) in dst.iter_mut().enumerate() {
+                    *d = select_f32(t.contains(start + l, magnitude_key(*d)), *d);
                 }
             }
             MaskCursor::Band(k, dr) => {
-                for d in dst.iter_mut() {
+                for (l, d) in dst.iter_mut().enumerate() {
                     let key = magnitude_key(*d);
-                    let a = k.contains(key);
-                    let b = dr.contains(key);
-                    *d = select_f32(a && !b, *d);
+                    let a = k.contains(start + l, key);
+                    let b = dr.contains(start + l, key);
+                    *d = select_f32(a & !b, *d);
+                }
+            }
+            MaskCursor::Random(r) => {
+                for (l, d) in dst.iter_mut().enumerate() {
+                    *d = select_f32(r.keep(start + l), *d);
                 }
             }
             MaskCursor::Bits(b) => {
@@ -404,13 +521,14 @@ impl MaskCursor<'_> {
     pub fn keep(&mut self, i: usize, key: u32) -> bool {
         match self {
             MaskCursor::Const(b) => *b,
-            MaskCursor::Top(t) => t.contains(key),
+            MaskCursor::Top(t) => t.contains(i, key),
             MaskCursor::Band(k, d) => {
-                let a = k.contains(key);
-                let b = d.contains(key);
+                let a = k.contains(i, key);
+                let b = d.contains(i, key);
                 a && !b
             }
             MaskCursor::Bits(b) => (b[i >> 6] >> (i & 63)) & 1 != 0,
+            MaskCursor::Random(r) => r.keep(i),
             MaskCursor::Explicit(m) => m[i],
         }
     }
@@ -506,6 +624,23 @@ pub fn bernoulli(
     Mask::Bits(words)
 }
 
+/// [`bernoulli`] without the bit array: the same draws, made again whenever the mask is read.
+pub fn bernoulli_lazy(density: f64, work: DType, key: RngKey, model: u32, offset: usize) -> Mask {
+    if density >= 1.0 {
+        return Mask::All;
+    }
+    let p = bernoulli_probability(density, work);
+    if p <= 0.0 {
+        return Mask::Nothing;
+    }
+    Mask::Random(RandomMask {
+        p,
+        key,
+        model,
+        offset,
+    })
+}
+
 /// `torch.tensor(x, dtype)`: an f64 rounded once to `dtype` (f32 for non-half dtypes).
 pub fn round_scalar(dtype: DType, x: f64) -> f32 {
     match dtype {
@@ -553,6 +688,49 @@ pub fn della_magprune<V: Values + ?Sized>(
     model: u32,
     offset: usize,
 ) -> Result<Mask, String> {
+    let d = match della_magprune_lazy(v.numel(), shape, density, epsilon, work, key, model, offset)?
+    {
+        Mask::Della(d) => d,
+        m => return Ok(m),
+    };
+    let n = v.numel();
+    let mut mask = vec![false; n];
+    if n == 0 {
+        return Ok(Mask::Explicit(mask));
+    }
+    mask.par_chunks_mut(d.block)
+        .enumerate()
+        .for_each_init(Vec::new, |vals, (r, block)| {
+            let start = r * d.block;
+            vals.resize(d.block, 0.0);
+            v.fill(start, vals);
+            della_block(
+                vals,
+                d.c,
+                d.inner,
+                &d.probs,
+                key,
+                model,
+                offset + start,
+                block,
+            );
+        });
+    Ok(Mask::Explicit(mask))
+}
+
+/// [`della_magprune`] for a tensor of `n` elements without the per-element mask: the row
+/// blocks are ranked and drawn again whenever the mask is read ([`Mask::apply_range`]).
+#[allow(clippy::too_many_arguments)]
+pub fn della_magprune_lazy(
+    n: usize,
+    shape: &[usize],
+    density: f64,
+    epsilon: f64,
+    work: DType,
+    key: RngKey,
+    model: u32,
+    offset: usize,
+) -> Result<Mask, String> {
     if density >= 1.0 {
         return Ok(Mask::All);
     }
@@ -567,7 +745,6 @@ pub fn della_magprune<V: Values + ?Sized>(
             density + epsilon
         ));
     }
-    let n = v.numel();
     let (rows, c, inner) = if shape.len() < 2 {
         (1, n, 1)
     } else {
@@ -578,33 +755,46 @@ pub fn della_magprune<V: Values + ?Sized>(
             "della: shape {shape:?} does not match {n} elements"
         ));
     }
-    let probs = della_probabilities(c, density, epsilon, work);
-    let mut mask = vec![false; n];
-    if n == 0 {
-        return Ok(Mask::Explicit(mask));
+    Ok(Mask::Della(Box::new(DellaMask {
+        block: (c * inner).max(1),
+        c,
+        inner,
+        probs: della_probabilities(c, density, epsilon, work),
+        key,
+        model,
+        offset,
+    })))
+}
+
+/// The DELLA draws of one row block (`vals`: its `c · inner` values; `first`: the element
+/// index of its first value, including the kernel offset) into `flags`.
+#[allow(clippy::too_many_arguments)]
+fn della_block(
+    vals: &[f32],
+    c: usize,
+    inner: usize,
+    probs: &[f32],
+    key: RngKey,
+    model: u32,
+    first: usize,
+    flags: &mut [bool],
+) {
+    let mut order: Vec<u64> = Vec::with_capacity(c);
+    for col in 0..inner {
+        order.clear();
+        // ascending priority: smaller magnitude first, higher index first among equals
+        order.extend((0..c).map(|j| {
+            let key = magnitude_key(vals[j * inner + col]) as u64;
+            (key << 32) | (u32::MAX - j as u32) as u64
+        }));
+        order.sort_unstable();
+        for (r0, packed) in order.iter().enumerate() {
+            let j = (u32::MAX - (*packed as u32)) as usize;
+            let local = j * inner + col;
+            let idx = (first + local) as u64;
+            flags[local] = key.uniform(model, idx) < probs[r0];
+        }
     }
-    mask.par_chunks_mut(c * inner)
-        .enumerate()
-        .for_each(|(r, block)| {
-            let start = r * c * inner;
-            let mut order: Vec<u64> = Vec::with_capacity(c);
-            for col in 0..inner {
-                order.clear();
-                // ascending priority: smaller magnitude first, higher index first among equals
-                order.extend((0..c).map(|j| {
-                    let key = magnitude_key(v.at(start + j * inner + col)) as u64;
-                    (key << 32) | (u32::MAX - j as u32) as u64
-                }));
-                order.sort_unstable();
-                for (r0, packed) in order.iter().enumerate() {
-                    let j = (u32::MAX - (*packed as u32)) as usize;
-                    let local = j * inner + col;
-                    let idx = (offset + start + local) as u64;
-                    block[local] = key.uniform(model, idx) < probs[r0];
-                }
-            }
-        });
-    Ok(Mask::Explicit(mask))
 }
 
 /// The L1 rescale factor `‖δ‖₁ / ‖masked‖₁` (norms and ratio rounded to `work`), or `None`
@@ -616,17 +806,22 @@ pub fn l1_rescale<V: Values + ?Sized>(v: &V, mask: &Mask, work: DType) -> Option
     let n = v.numel();
     let parts: Vec<(f64, f64)> = (0..n.div_ceil(CHUNK))
         .into_par_iter()
-        .map(|c| {
-            let mut cur = mask.cursor(c);
-            let (mut all, mut kept) = (0.0f64, 0.0f64);
-            for i in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                let d = v.at(i);
-                let a = d.abs() as f64;
-                all += a;
-                kept += select_f64(cur.keep(i, magnitude_key(d)), a);
-            }
-            (all, kept)
-        })
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(buf, kept_buf), c| {
+                let start = load_chunk(v, c, buf);
+                kept_buf.clear();
+                kept_buf.extend_from_slice(buf);
+                mask.apply_range(v, start, kept_buf);
+                let (mut all, mut kept) = (0.0f64, 0.0f64);
+                // a dropped element contributes +0, which leaves an f64 sum unchanged
+                for (d, k) in buf.iter().zip(kept_buf.iter()) {
+                    all += d.abs() as f64;
+                    kept += k.abs() as f64;
+                }
+                (all, kept)
+            },
+        )
         .collect();
     let (all, kept) = parts
         .into_iter()
@@ -638,12 +833,6 @@ pub fn l1_rescale<V: Values + ?Sized>(v: &V, mask: &Mask, work: DType) -> Option
 #[inline(always)]
 pub fn select_f32(keep: bool, x: f32) -> f32 {
     f32::from_bits(x.to_bits() & 0u32.wrapping_sub(keep as u32))
-}
-
-/// `x` if `keep` else +0, without a branch.
-#[inline(always)]
-fn select_f64(keep: bool, x: f64) -> f64 {
-    f64::from_bits(x.to_bits() & 0u64.wrapping_sub(keep as u64))
 }
 
 /// The rescale factor from the two L1 norms (exact sums, rounded here to `work`).

@@ -18,16 +18,25 @@
 //! pass runs over fixed chunks of [`CHUNK`] elements in parallel (holding one chunk of
 //! weighted deltas per model), so results are identical at any thread count.
 //!
+//! [`merge_streaming`] runs the same passes with task vectors read from a
+//! [`ChunkSource`] (the whole-tensor passes keep their fixed [`CHUNK`] chunking, so every
+//! threshold, tie index and L1 norm is the same) and DARE/DELLA masks recomputed on demand
+//! instead of stored; the final pass is element-wise, so writing it in the source's chunks
+//! gives the same bits as [`merge`].
+//!
 //! Divergences from mergekit are those of the primitives (see [`super::sparsify`]).
 //! `int8_mask` only changes mergekit's intermediate mask dtype and is accepted and ignored.
 
 use super::consensus::{self, Consensus};
 use super::rng::RngKey;
 use super::round::{Round, with_round};
-use super::sparsify::{self, CHUNK, Delta, Mask, round_scalar};
-use super::{MergeCtx, ParamSpec};
+use super::sparsify::{self, CHUNK, Delta, Mask, Values, round_scalar};
+use super::{ChunkSink, ChunkSource, MergeCtx, ParamSpec};
 use crate::dtype::DType;
+use crate::exec::{recycle, scratch};
 use rayon::prelude::*;
+use std::marker::PhantomData;
+use std::sync::Mutex;
 
 /// How a family member sparsifies task vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +77,9 @@ pub const fn global_params(normalize: bool, rescale: bool) -> [ParamSpec; 4] {
 }
 
 /// One non-base input, ready for the final pass.
-struct Prepared<'a> {
-    x: &'a [f32],
+struct Prepared {
+    /// Index of the input in `ctx.inputs`.
+    input: usize,
     w: f32,
     mask: Mask,
     factor: Option<f32>,
@@ -82,26 +92,44 @@ fn param(i: &super::Input, name: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("missing required parameter `{name}` for model {}", i.model))
 }
 
+/// The per-tensor settings of the final pass.
+struct Finish {
+    plain_divisor: f32,
+    lambda_f: Option<f32>,
+    consensus: bool,
+    normalize: bool,
+}
+
 /// Runs the family member `f` on one tensor.
 pub fn merge(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
     with_round!(ctx.math, R => merge_with::<R>(f, ctx, out))
 }
 
-fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
+/// Runs the family member `f` on one tensor read in chunks from `src` (see
+/// [`super::MergeMethod::merge_streaming`]); bit-identical to [`merge`].
+pub fn merge_streaming(
+    f: &Family,
+    ctx: &MergeCtx<'_>,
+    src: &dyn ChunkSource,
+    out: &dyn ChunkSink,
+) -> Result<(), String> {
+    with_round!(ctx.math, R => stream_with::<R>(f, ctx, src, out))
+}
+
+/// The sparsification, weights and rescale factors of every non-base input, in source order.
+/// `delta(i)` is input `i`'s task vector; `n` the element count.
+fn prepare<R: Round, V: Values>(
+    f: &Family,
+    ctx: &MergeCtx<'_>,
+    n: usize,
+    lazy: bool,
+    delta: impl Fn(usize) -> V,
+) -> Result<(Vec<Prepared>, Finish), String> {
     let m = ctx.math;
-    let base = ctx
-        .base()
-        .ok_or("no base model tensor: this method needs `base_model`, and the base must contain this tensor")?
-        .data;
-    let n = out.len();
-    if base.len() != n || ctx.inputs.iter().any(|i| i.data.len() != n) {
-        return Err(format!("inputs and output differ in length (output {n})"));
-    }
     let normalize = ctx.global.flag("normalize", f.default_normalize);
     let rescale = ctx.global.flag("rescale", f.default_rescale);
     let lambda = ctx.global.get_or("lambda", 1.0);
     let rng = RngKey::new(ctx.seed, ctx.tensor);
-
     let mut prepared = Vec::new();
     for (idx, inp) in ctx.inputs.iter().enumerate() {
         if inp.is_base {
@@ -109,7 +137,7 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
         }
         let w = round_scalar(m, param(inp, "weight")?);
         let density = inp.params.get_or("density", 1.0);
-        let delta = Delta::<R>::new(inp.data, base);
+        let delta = delta(idx);
         let (mask, work) = match f.sparsification {
             Sparsification::None => (Mask::All, m),
             Sparsification::Magnitude => (sparsify::magnitude(&delta, density), m),
@@ -121,7 +149,11 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
             }
             Sparsification::Random => {
                 let work = sparsify::random_work_dtype(m);
-                let mask = sparsify::bernoulli(n, density, work, rng, idx as u32, ctx.offset);
+                let mask = if lazy {
+                    sparsify::bernoulli_lazy(density, work, rng, idx as u32, ctx.offset)
+                } else {
+                    sparsify::bernoulli(n, density, work, rng, idx as u32, ctx.offset)
+                };
                 (mask, work)
             }
             Sparsification::DellaMagprune => {
@@ -132,9 +164,15 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
                 } else {
                     &[]
                 };
-                let mask = sparsify::della_magprune(
-                    &delta, shape, density, eps, work, rng, idx as u32, ctx.offset,
-                )
+                let mask = if lazy {
+                    sparsify::della_magprune_lazy(
+                        n, shape, density, eps, work, rng, idx as u32, ctx.offset,
+                    )
+                } else {
+                    sparsify::della_magprune(
+                        &delta, shape, density, eps, work, rng, idx as u32, ctx.offset,
+                    )
+                }
                 .map_err(|e| format!("{e} (model {})", inp.model))?;
                 (mask, work)
             }
@@ -145,18 +183,13 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
             None
         };
         prepared.push(Prepared {
-            x: inp.data,
+            input: idx,
             w,
             mask,
             factor,
             work,
         });
     }
-    if prepared.is_empty() {
-        out.copy_from_slice(base);
-        return Ok(());
-    }
-
     // scalar divisor of the no-consensus branch
     let plain_divisor = {
         let mut s = 0.0f32;
@@ -166,80 +199,235 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
         let d = R::round(s);
         if d.abs() < R::round(1e-8) { 1.0 } else { d }
     };
-    let lambda_f = (lambda != 1.0).then_some(lambda as f32);
-    let consensus = f.consensus;
-    let prepared = &prepared;
+    let finish = Finish {
+        plain_divisor,
+        lambda_f: (lambda != 1.0).then_some(lambda as f32),
+        consensus: f.consensus,
+        normalize,
+    };
+    Ok((prepared, finish))
+}
 
-    // The final pass works chunk by chunk in model-major order: first each model's weighted
-    // sparsified deltas for the whole chunk, then the combination across models. Every loop
-    // is a plain element-wise loop the compiler can vectorise; the per-element arithmetic and
-    // the model order of every sum are those described in the module docs.
+/// The final pass over elements `start..start + oc.len()`: `bs` holds the base's values
+/// there, `xs[k]` those of the `k`-th prepared input, `delta(i)` is input `i`'s task vector
+/// (read again only by a lazy DELLA mask). Every element depends only on its own inputs, so
+/// any chunking gives the same bits.
+///
+/// The pass works in model-major order: first each model's weighted sparsified deltas for
+/// the whole range, then the combination across models. Every loop is a plain element-wise
+/// loop the compiler can vectorise; the per-element arithmetic and the model order of every
+/// sum are those described in the module docs.
+#[allow(clippy::too_many_arguments)]
+fn finish_range<R: Round, V: Values>(
+    prepared: &[Prepared],
+    fin: &Finish,
+    delta: &impl Fn(usize) -> V,
+    start: usize,
+    bs: &[f32],
+    xs: &[&[f32]],
+    oc: &mut [f32],
+) {
+    let len = oc.len();
+    let mut om = vec![0.0f32; prepared.len() * len];
+    for ((p, x), dst) in prepared.iter().zip(xs).zip(om.chunks_exact_mut(len)) {
+        for ((d, x), b) in dst.iter_mut().zip(x.iter()).zip(bs) {
+            *d = R::round(x - b);
+        }
+        if !p.mask.is_all() {
+            p.mask.apply_range(&delta(p.input), start, dst);
+        }
+        if let Some(f) = p.factor {
+            // the work dtype is the math dtype or f32: one rounding to the math dtype
+            for d in dst.iter_mut() {
+                *d = sparsify::apply::<R>(*d, true, Some(f), p.work);
+            }
+        }
+        let w = p.w;
+        for d in dst.iter_mut() {
+            *d = R::round(*d * w);
+        }
+    }
+    let mut mixed = vec![0.0f32; len];
+    let mut divisor = Vec::new();
+    for src in om.chunks_exact(len) {
+        for (s, o) in mixed.iter_mut().zip(src) {
+            *s += o;
+        }
+    }
+    if fin.consensus {
+        // `mixed` holds Σ ω: elect, then sum the agreeing values and weights
+        let positive: Vec<bool> = mixed
+            .iter()
+            .map(|s| consensus::elect(Consensus::Sum, &[*s], R::round))
+            .collect();
+        mixed.iter_mut().for_each(|s| *s = 0.0);
+        divisor = vec![0.0f32; len];
+        for (p, src) in prepared.iter().zip(om.chunks_exact(len)) {
+            let w = p.w;
+            for (((s, dv), o), pos) in mixed.iter_mut().zip(&mut divisor).zip(src).zip(&positive) {
+                let a = consensus::agrees(*o, *pos);
+                *s += sparsify::select_f32(a, *o);
+                *dv += sparsify::select_f32(a, w);
+            }
+        }
+        for dv in divisor.iter_mut() {
+            let d = R::round(*dv);
+            *dv = if d == 0.0 { 1.0 } else { d };
+        }
+    }
+    for (l, ((o, s), b)) in oc.iter_mut().zip(&mixed).zip(bs).enumerate() {
+        let div = if fin.consensus {
+            divisor[l]
+        } else {
+            fin.plain_divisor
+        };
+        let mut m = R::round(*s);
+        if fin.normalize {
+            m = R::round(m / div);
+        }
+        if let Some(lf) = fin.lambda_f {
+            m = R::round(m * lf);
+        }
+        *o = R::round(b + m);
+    }
+}
+
+fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
+    let base = ctx.base().ok_or(NO_BASE)?.data;
+    let n = out.len();
+    if base.len() != n || ctx.inputs.iter().any(|i| i.data.len() != n) {
+        return Err(format!("inputs and output differ in length (output {n})"));
+    }
+    let delta = |i: usize| Delta::<R>::new(ctx.inputs[i].data, base);
+    let (prepared, fin) = prepare::<R, _>(f, ctx, n, false, delta)?;
+    if prepared.is_empty() {
+        out.copy_from_slice(base);
+        return Ok(());
+    }
+    let (prepared, fin) = (&prepared, &fin);
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
         let start = c * CHUNK;
-        let len = oc.len();
-        let bs = &base[start..start + len];
-        let mut om = vec![0.0f32; prepared.len() * len];
-        for (p, dst) in prepared.iter().zip(om.chunks_exact_mut(len)) {
-            for ((d, x), b) in dst.iter_mut().zip(&p.x[start..start + len]).zip(bs) {
-                *d = R::round(x - b);
-            }
-            if !p.mask.is_all() {
-                p.mask.cursor(c).apply(start, dst);
-            }
-            if let Some(f) = p.factor {
-                // the work dtype is the math dtype or f32: one rounding to the math dtype
-                for d in dst.iter_mut() {
-                    *d = sparsify::apply::<R>(*d, true, Some(f), p.work);
-                }
-            }
-            let w = p.w;
-            for d in dst.iter_mut() {
-                *d = R::round(*d * w);
-            }
-        }
-        let mut mixed = vec![0.0f32; len];
-        let mut divisor = Vec::new();
-        for src in om.chunks_exact(len) {
-            for (s, o) in mixed.iter_mut().zip(src) {
-                *s += o;
-            }
-        }
-        if consensus {
-            // `mixed` holds Σ ω: elect, then sum the agreeing values and weights
-            let positive: Vec<bool> = mixed
-                .iter()
-                .map(|s| consensus::elect(Consensus::Sum, &[*s], R::round))
-                .collect();
-            mixed.iter_mut().for_each(|s| *s = 0.0);
-            divisor = vec![0.0f32; len];
-            for (p, src) in prepared.iter().zip(om.chunks_exact(len)) {
-                let w = p.w;
-                for (((s, dv), o), pos) in
-                    mixed.iter_mut().zip(&mut divisor).zip(src).zip(&positive)
-                {
-                    let a = consensus::agrees(*o, *pos);
-                    *s += sparsify::select_f32(a, *o);
-                    *dv += sparsify::select_f32(a, w);
-                }
-            }
-            for dv in divisor.iter_mut() {
-                let d = R::round(*dv);
-                *dv = if d == 0.0 { 1.0 } else { d };
-            }
-        }
-        for (l, ((o, s), b)) in oc.iter_mut().zip(&mixed).zip(bs).enumerate() {
-            let div = if consensus { divisor[l] } else { plain_divisor };
-            let mut m = R::round(*s);
-            if normalize {
-                m = R::round(m / div);
-            }
-            if let Some(lf) = lambda_f {
-                m = R::round(m * lf);
-            }
-            *o = R::round(b + m);
-        }
+        let r = start..start + oc.len();
+        let xs: Vec<&[f32]> = prepared
+            .iter()
+            .map(|p| &ctx.inputs[p.input].data[r.clone()])
+            .collect();
+        finish_range::<R, _>(prepared, fin, &delta, start, &base[r.clone()], &xs, oc);
     });
     Ok(())
+}
+
+const NO_BASE: &str =
+    "no base model tensor: this method needs `base_model`, and the base must contain this tensor";
+
+/// A task vector `round(x − base)` read from a [`ChunkSource`]. Read errors are kept in
+/// `err` (the [`Values`] interface cannot fail) and reported after the pass.
+struct SrcDelta<'a, R: Round> {
+    src: &'a dyn ChunkSource,
+    x: usize,
+    base: usize,
+    n: usize,
+    err: &'a Mutex<Option<String>>,
+    _round: PhantomData<R>,
+}
+
+impl<R: Round> SrcDelta<'_, R> {
+    fn read(&self, input: usize, start: usize, out: &mut [f32]) {
+        if let Err(e) = self.src.read(input, start..start + out.len(), out) {
+            out.fill(0.0);
+            let mut slot = self.err.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+impl<R: Round> Values for SrcDelta<'_, R> {
+    fn numel(&self) -> usize {
+        self.n
+    }
+    fn at(&self, i: usize) -> f32 {
+        let mut v = [0.0f32];
+        self.fill(i, &mut v);
+        v[0]
+    }
+    fn fill(&self, start: usize, out: &mut [f32]) {
+        self.read(self.x, start, out);
+        let mut b = scratch(out.len());
+        self.read(self.base, start, &mut b);
+        for (o, b) in out.iter_mut().zip(&b) {
+            *o = R::round(*o - b);
+        }
+        recycle(b);
+    }
+}
+
+fn take_err(err: &Mutex<Option<String>>) -> Result<(), String> {
+    match err.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn stream_with<R: Round>(
+    f: &Family,
+    ctx: &MergeCtx<'_>,
+    src: &dyn ChunkSource,
+    out: &dyn ChunkSink,
+) -> Result<(), String> {
+    let base = ctx.inputs.iter().position(|i| i.is_base).ok_or(NO_BASE)?;
+    if src.inputs() != ctx.inputs.len() {
+        return Err(format!(
+            "the chunk source has {} inputs, the merge {}",
+            src.inputs(),
+            ctx.inputs.len()
+        ));
+    }
+    let n = ctx.numel();
+    let chunk = src.chunk().max(1);
+    let err = Mutex::new(None);
+    let delta = |i: usize| SrcDelta::<R> {
+        src,
+        x: i,
+        base,
+        n,
+        err: &err,
+        _round: PhantomData,
+    };
+    let (prepared, fin) = prepare::<R, _>(f, ctx, n, true, delta)?;
+    take_err(&err)?;
+    let (prepared, fin) = (&prepared, &fin);
+    (0..n.div_ceil(chunk)).into_par_iter().try_for_each(|c| {
+        let start = c * chunk;
+        let len = chunk.min(n - start);
+        let r = start..start + len;
+        let mut bs = scratch(len);
+        src.read(base, r.clone(), &mut bs)
+            .map_err(|e| e.to_string())?;
+        let mut o = scratch(len);
+        if prepared.is_empty() {
+            o.copy_from_slice(&bs);
+        } else {
+            let bufs: Vec<Vec<f32>> = prepared
+                .iter()
+                .map(|p| {
+                    let mut b = scratch(len);
+                    src.read(p.input, r.clone(), &mut b)
+                        .map_err(|e| e.to_string())?;
+                    Ok(b)
+                })
+                .collect::<Result<_, String>>()?;
+            let xs: Vec<&[f32]> = bufs.iter().map(|b| &b[..]).collect();
+            finish_range::<R, _>(prepared, fin, &delta, start, &bs, &xs, &mut o);
+            for b in bufs {
+                recycle(b);
+            }
+        }
+        take_err(&err)?;
+        let w = out.write(start, &o).map_err(|e| e.to_string());
+        recycle(bs);
+        recycle(o);
+        w
+    })
 }
 
 #[cfg(test)]
@@ -330,6 +518,121 @@ pub(crate) mod tests {
                 .info()
                 .result_dtype,
             Some(DType::F32)
+        );
+    }
+
+    /// Inputs with many equal magnitudes (quantised values), over more than one
+    /// [`CHUNK`]: a base and three models.
+    fn tied_inputs(n: usize, math: DType) -> Vec<Vec<f32>> {
+        let base: Vec<f32> = (0..n)
+            .map(|i| math.round(((i * 37 % 101) as f32 - 50.0) * 0.0625))
+            .collect();
+        (0..4usize)
+            .map(|m| {
+                if m == 0 {
+                    return base.clone();
+                }
+                (0..n)
+                    .map(|i| {
+                        let q = ((i * (13 + 6 * m) + m * 7) % (17 + 2 * m)) as f32 - 8.0;
+                        math.round(base[i] + q * 0.125)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streaming_is_bit_identical_to_merge() {
+        use super::super::testutil::assert_streams_like_merge;
+        use super::super::{
+            breadcrumbs, breadcrumbs_ties, dare_linear, dare_ties, della, della_linear, ties,
+        };
+        let methods: [&dyn MergeMethod; 7] = [
+            &ties::Ties,
+            &dare_ties::DareTies,
+            &dare_linear::DareLinear,
+            &breadcrumbs::Breadcrumbs,
+            &breadcrumbs_ties::BreadcrumbsTies,
+            &della::Della,
+            &della_linear::DellaLinear,
+        ];
+        let shape = [70usize, 1003];
+        let n = shape[0] * shape[1];
+        assert!(n > CHUNK && !n.is_multiple_of(1000));
+        for math in [DType::F32, DType::BF16] {
+            let data = tied_inputs(n, math);
+            for method in methods {
+                for (dens, global) in [
+                    (
+                        [0.37, 0.5, 0.61],
+                        vec![("rescale", 1.0), ("normalize", 1.0)],
+                    ),
+                    ([0.3, 1.0, 0.2], vec![("lambda", 0.8), ("rescale", 0.0)]),
+                ] {
+                    let mut ins = vec![(&data[0][..], true, p(&[]))];
+                    for m in 1..4 {
+                        ins.push((
+                            &data[m][..],
+                            false,
+                            p(&[
+                                ("weight", [0.5, 0.3, 0.7][m - 1]),
+                                ("density", dens[m - 1]),
+                                ("gamma", 0.05),
+                                ("epsilon", 0.1),
+                            ]),
+                        ));
+                    }
+                    let out =
+                        assert_streams_like_merge(method, &ins, p(&global), math, &shape, 1000);
+                    assert!(
+                        out.iter().zip(&data[0]).any(|(o, b)| o != b),
+                        "{} merged nothing",
+                        method.info().name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streaming_base_only_and_small_chunks() {
+        use super::super::testutil::assert_streams_like_merge;
+        let data = tied_inputs(2500, DType::F32);
+        // base only: the base comes back
+        let out = assert_streams_like_merge(
+            &super::super::ties::Ties,
+            &[(&data[0][..], true, p(&[]))],
+            p(&[]),
+            DType::F32,
+            &[2500],
+            64,
+        );
+        assert_eq!(out, data[0]);
+        // one 1-D DELLA row spanning many chunks, with a chunk that is not a row multiple
+        let ins = vec![
+            (&data[0][..], true, p(&[])),
+            (
+                &data[1][..],
+                false,
+                p(&[("weight", 1.0), ("density", 0.4), ("epsilon", 0.2)]),
+            ),
+        ];
+        assert_streams_like_merge(
+            &super::super::della::Della,
+            &ins,
+            p(&[]),
+            DType::BF16,
+            &[2500],
+            333,
+        );
+        assert_streams_like_merge(
+            &super::super::della::Della,
+            &ins,
+            p(&[]),
+            DType::BF16,
+            &[25, 100],
+            333,
         );
     }
 
