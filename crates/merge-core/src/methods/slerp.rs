@@ -22,9 +22,10 @@
 //! is no angle to interpolate) and returns the lerp `(1−t)·a + t·b`, which is also what the
 //! SLERP limit gives as one vector shrinks towards zero length.
 
-use super::vecmath::{fill, torch_norm, torch_sum};
-use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use super::vecmath::{Window, fill, stream_elementwise, take_err, torch_norm, torch_sum};
+use super::{BaseUse, ChunkSink, ChunkSource, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// The SLERP method.
 pub struct Slerp;
@@ -75,18 +76,83 @@ impl MergeMethod for Slerp {
             .get("t")
             .ok_or("missing required parameter `t`")?;
         let m = ctx.math;
-        let coeffs = slerp_coefficients(t, a, b);
-        let (c0, c1) = coeffs;
+        let n = a.len();
+        let (c0, c1) = slerp_coefficients(
+            t,
+            n,
+            |r, which| {
+                let x = if which == 0 { a } else { b };
+                torch_norm(r.len(), |i| x[r.start + i])
+            },
+            |r, na, nb| torch_sum(r.len(), |i| (a[r.start + i] / na) * (b[r.start + i] / nb)),
+        );
         fill(out, |j| m.round(c0 * a[j] + c1 * b[j]));
         Ok(())
     }
+
+    fn can_stream(&self) -> bool {
+        true
+    }
+
+    fn merge_streaming(
+        &self,
+        ctx: &MergeCtx<'_>,
+        src: &dyn ChunkSource,
+        out: &dyn ChunkSink,
+    ) -> Result<(), String> {
+        let n = ctx.numel();
+        match ctx.inputs.len() {
+            1 => return stream_elementwise(src, n, &[0], out, |_, x, o| o.copy_from_slice(&x[0])),
+            2 => {}
+            k => return Err(format!("slerp merges exactly two models, got {k}")),
+        }
+        let a = ctx
+            .inputs
+            .iter()
+            .position(|i| i.is_base)
+            .ok_or("slerp needs base_model to be one of its two models")?;
+        let b = 1 - a;
+        let t = ctx
+            .global
+            .get("t")
+            .ok_or("missing required parameter `t`")?;
+        let m = ctx.math;
+        let err = Mutex::new(None);
+        let (c0, c1) = slerp_coefficients(
+            t,
+            n,
+            |r, which| {
+                let x = Window::new(src, if which == 0 { a } else { b }, n, &err);
+                torch_norm(r.len(), |i| x.get(r.start + i))
+            },
+            |r, na, nb| {
+                let (wa, wb) = (Window::new(src, a, n, &err), Window::new(src, b, n, &err));
+                torch_sum(r.len(), |i| {
+                    (wa.get(r.start + i) / na) * (wb.get(r.start + i) / nb)
+                })
+            },
+        );
+        take_err(&err)?;
+        stream_elementwise(src, n, &[a, b], out, |_, x, o| {
+            for ((o, a), b) in o.iter_mut().zip(&x[0]).zip(&x[1]) {
+                *o = m.round(c0 * a + c1 * b);
+            }
+        })
+    }
 }
 
-/// The coefficients `(c₀, c₁)` of `c₀·a + c₁·b` (all `f32`, as mergekit computes them).
-fn slerp_coefficients(t: f64, a: &[f32], b: &[f32]) -> (f32, f32) {
+/// The coefficients `(c₀, c₁)` of `c₀·a + c₁·b` (all `f32`, as mergekit computes them) for
+/// tensors of `n` elements: `norm(range, which)` is the [`torch_norm`] of elements `range` of
+/// `a` (`which == 0`) or `b`, `dot(range, ‖a‖, ‖b‖)` the [`torch_sum`] of `(a/‖a‖)·(b/‖b‖)`
+/// there; both are called on mergekit's fixed chunks (in parallel) and combined in order.
+fn slerp_coefficients(
+    t: f64,
+    n: usize,
+    norm: impl Fn(std::ops::Range<usize>, usize) -> f32 + Sync,
+    dot: impl Fn(std::ops::Range<usize>, f32, f32) -> f32 + Sync,
+) -> (f32, f32) {
     let t = t as f32;
     let lerp = (1.0 - t, t);
-    let n = a.len();
     if n == 0 {
         return lerp;
     }
@@ -94,22 +160,16 @@ fn slerp_coefficients(t: f64, a: &[f32], b: &[f32]) -> (f32, f32) {
         .step_by(CHUNK)
         .map(|s| s..(s + CHUNK).min(n))
         .collect();
-    let norm = |x: &[f32]| {
-        let parts: Vec<f32> = chunks
-            .par_iter()
-            .map(|r| torch_norm(r.len(), |i| x[r.start + i]))
-            .collect();
+    let norm_of = |which: usize| {
+        let parts: Vec<f32> = chunks.par_iter().map(|r| norm(r.clone(), which)).collect();
         torch_norm(parts.len(), |i| parts[i])
     };
-    let (na, nb) = (norm(a), norm(b));
+    let (na, nb) = (norm_of(0), norm_of(1));
     if na <= NORM_EPS || nb <= NORM_EPS {
         // Divergence from mergekit (see the module docs): no angle, plain lerp.
         return lerp;
     }
-    let parts: Vec<f32> = chunks
-        .par_iter()
-        .map(|r| torch_sum(r.len(), |i| (a[r.start + i] / na) * (b[r.start + i] / nb)))
-        .collect();
+    let parts: Vec<f32> = chunks.par_iter().map(|r| dot(r.clone(), na, nb)).collect();
     let dot = torch_sum(parts.len(), |i| parts[i]).clamp(-1.0, 1.0);
     if dot.abs() > DOT_THRESHOLD {
         return lerp;
@@ -227,6 +287,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("`t`"), "{e}");
+    }
+
+    #[test]
+    fn streaming_is_bit_identical_to_merge() {
+        use super::super::testutil::assert_streams_like_merge;
+        // more than one of mergekit's 2²⁰-element reduction chunks
+        let n = CHUNK + 2 * 65536 + 777;
+        for math in [DType::F32, DType::BF16] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| math.round(((i * 37 % 1013) as f32 - 500.0) * 1e-3))
+                .collect();
+            let b: Vec<f32> = (0..n)
+                .map(|i| math.round(((i * 91 % 997) as f32 - 480.0) * 1.3e-3))
+                .collect();
+            for t in [0.3, 0.75] {
+                for (x, y) in [(&a, &b), (&b, &a)] {
+                    let out = assert_streams_like_merge(
+                        &Slerp,
+                        &[(x, false, p(&[])), (y, true, p(&[]))],
+                        p(&[("t", t)]),
+                        math,
+                        &[n],
+                        65536 - 1000,
+                    );
+                    assert_ne!(&out, x);
+                }
+            }
+            // a single input passes through
+            let out = assert_streams_like_merge(
+                &Slerp,
+                &[(&a, true, p(&[]))],
+                p(&[("t", 0.5)]),
+                math,
+                &[n],
+                1000,
+            );
+            assert_eq!(out, a);
+        }
     }
 
     #[test]

@@ -11,9 +11,12 @@
 //! cannot be replayed; for those [`dot`]/[`sum_by`] accumulate in `f64` over the fixed chunks
 //! of [`super::det_sum`] and the caller rounds once ([`reduced`]).
 
-use super::det_sum;
+use super::{ChunkSink, ChunkSource, det_sum};
 use crate::dtype::DType;
+use crate::exec::{recycle, scratch};
 use rayon::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::sync::Mutex;
 
 /// Elements per parallel work item of [`fill`].
 const FILL_CHUNK: usize = 1 << 14;
@@ -234,6 +237,106 @@ pub fn fill(out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
                 *o = f(start + k);
             }
         });
+}
+
+/// Element access to one input of a [`ChunkSource`] through a buffered window of
+/// [`WINDOW`] elements, for streaming kernels that replay a reduction element by element
+/// (the access pattern of [`torch_sum`] and [`torch_norm`] is nearly sequential). Read errors
+/// are kept in `err` and the missing values read as 0; the caller reports the error.
+pub struct Window<'a> {
+    src: &'a dyn ChunkSource,
+    input: usize,
+    n: usize,
+    start: Cell<usize>,
+    buf: RefCell<Vec<f32>>,
+    err: &'a Mutex<Option<String>>,
+}
+
+/// Elements a [`Window`] holds.
+pub const WINDOW: usize = 1 << 16;
+
+impl<'a> Window<'a> {
+    /// A window over input `input` (of `n` elements) of `src`.
+    pub fn new(
+        src: &'a dyn ChunkSource,
+        input: usize,
+        n: usize,
+        err: &'a Mutex<Option<String>>,
+    ) -> Self {
+        Window {
+            src,
+            input,
+            n,
+            start: Cell::new(0),
+            buf: RefCell::new(Vec::new()),
+            err,
+        }
+    }
+
+    /// The value at element `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        {
+            let b = self.buf.borrow();
+            let s = self.start.get();
+            if i >= s && i - s < b.len() {
+                return b[i - s];
+            }
+        }
+        let s = i - i % WINDOW;
+        let len = WINDOW.min(self.n - s);
+        let mut b = self.buf.borrow_mut();
+        b.resize(len, 0.0);
+        if let Err(e) = self.src.read(self.input, s..s + len, &mut b) {
+            b.fill(0.0);
+            let mut slot = self.err.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }
+        self.start.set(s);
+        b[i - s]
+    }
+}
+
+/// The error a [`Window`] (or another streaming reader) recorded, if any.
+pub fn take_err(err: &Mutex<Option<String>>) -> Result<(), String> {
+    match err.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Writes the whole output of a streaming kernel chunk by chunk (in parallel, each chunk
+/// `src.chunk()` elements, the last one shorter): `f(start, inputs, out)` gets the values of
+/// every input in `inputs` at elements `start..start + out.len()`.
+pub fn stream_elementwise(
+    src: &dyn ChunkSource,
+    n: usize,
+    inputs: &[usize],
+    sink: &dyn ChunkSink,
+    f: impl Fn(usize, &[Vec<f32>], &mut [f32]) + Sync,
+) -> Result<(), String> {
+    let chunk = src.chunk().max(1);
+    (0..n.div_ceil(chunk)).into_par_iter().try_for_each(|c| {
+        let start = c * chunk;
+        let len = chunk.min(n - start);
+        let bufs: Vec<Vec<f32>> = inputs
+            .iter()
+            .map(|&i| {
+                let mut b = scratch(len);
+                src.read(i, start..start + len, &mut b)
+                    .map_err(|e| e.to_string())?;
+                Ok(b)
+            })
+            .collect::<Result<_, String>>()?;
+        let mut o = scratch(len);
+        f(start, &bufs, &mut o);
+        for b in bufs {
+            recycle(b);
+        }
+        let w = sink.write(start, &o).map_err(|e| e.to_string());
+        recycle(o);
+        w
+    })
 }
 
 /// The 1-D vectors ("lines") of a tensor along one axis: `count` vectors of `len` elements;
