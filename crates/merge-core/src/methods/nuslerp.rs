@@ -21,9 +21,11 @@
 //! `sin((1−t)π/2)·v₀`) instead of an interpolation. smelt lerps such a pair,
 //! `(1−t)·v₀ + t·v₁`, like `slerp` (a zero task vector then simply scales the other by `t`).
 
-use super::vecmath::{Lines, fill, unary};
-use super::{BaseUse, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use super::vecmath::{Lines, WINDOW, Window, fill, stream_elementwise, take_err, unary};
+use super::{BaseUse, ChunkSink, ChunkSource, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use crate::dtype::DType;
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// The NuSLERP method.
 pub struct NuSlerp;
@@ -63,91 +65,228 @@ impl MergeMethod for NuSlerp {
     }
 
     fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
-        let n = ctx.inputs.len();
-        if n == 1 {
+        if ctx.inputs.len() == 1 {
             out.copy_from_slice(ctx.inputs[0].data);
             return Ok(());
         }
-        let base = ctx.base().map(|b| b.data);
-        if base.is_some() && n != 3 {
-            return Err(format!(
-                "nuslerp: the base model can not be one of the two models to merge \
-                 (expected the base plus two other models, got {n} tensors)"
-            ));
-        }
-        let others: Vec<&Input> = ctx.others().collect();
-        let [x0, x1] = others[..] else {
-            return Err(format!(
-                "nuslerp merges exactly two models (plus an optional base model), got {}",
-                others.len()
-            ));
-        };
-        let w0 = weight_of(x0)?;
-        let w1 = weight_of(x1)?;
-        let t = if (w0 + w1).abs() < 1e-6 {
-            0.5
-        } else {
-            w1 / (w0 + w1)
-        };
+        let s = setup(ctx)?;
         let m = ctx.math;
-        let (x0, x1) = (x0.data, x1.data);
+        let (x0, x1) = (ctx.inputs[s.x0].data, ctx.inputs[s.x1].data);
+        let base = s.base.map(|b| ctx.inputs[b].data);
         // The vectors: task vectors around the base, or the tensors themselves.
         let v = |x: &[f32], j: usize| match base {
             Some(b) => m.round(x[j] - b[j]),
             None => x[j],
         };
-        let lines = if ctx.global.flag("nuslerp_flatten", true) {
-            Lines::flat(out.len())
+        let lines = s.lines(ctx, out.len());
+        let coeffs = coefficients(ctx, &s, lines, || {
+            move |which: usize, j: usize| v(if which == 0 { x0 } else { x1 }, j)
+        });
+        fill(out, |j| {
+            combine(
+                m,
+                coeffs[lines.line_of(j)],
+                v(x0, j),
+                v(x1, j),
+                base.map(|b| b[j]),
+            )
+        });
+        Ok(())
+    }
+
+    fn can_stream(&self) -> bool {
+        true
+    }
+
+    fn merge_streaming(
+        &self,
+        ctx: &MergeCtx<'_>,
+        src: &dyn ChunkSource,
+        out: &dyn ChunkSink,
+    ) -> Result<(), String> {
+        let n = ctx.numel();
+        if ctx.inputs.len() == 1 {
+            return stream_elementwise(src, n, &[0], out, |_, x, o| o.copy_from_slice(&x[0]));
+        }
+        let s = setup(ctx)?;
+        let m = ctx.math;
+        let lines = s.lines(ctx, n);
+        if lines.count > 1 && lines.line_of(1) != 0 {
+            // Column vectors (`nuslerp_row_wise`): a window cannot follow a strided walk, so
+            // the inputs are read whole (over the budget) and merged in memory.
+            return whole(self, ctx, src, out);
+        }
+        let err = Mutex::new(None);
+        let coeffs = coefficients(ctx, &s, lines, || {
+            // a row is read whole, a flattened tensor in windows
+            let len = lines.len.min(WINDOW);
+            let w0 = Window::new(src, s.x0, n, &err).sized(len);
+            let w1 = Window::new(src, s.x1, n, &err).sized(len);
+            let wb = s.base.map(|b| Window::new(src, b, n, &err).sized(len));
+            move |which: usize, j: usize| {
+                let x = if which == 0 { w0.get(j) } else { w1.get(j) };
+                match &wb {
+                    Some(b) => m.round(x - b.get(j)),
+                    None => x,
+                }
+            }
+        });
+        take_err(&err)?;
+        let mut ins = vec![s.x0, s.x1];
+        ins.extend(s.base);
+        stream_elementwise(src, n, &ins, out, |start, x, o| {
+            for (l, o) in o.iter_mut().enumerate() {
+                let j = start + l;
+                let b = x.get(2).map(|b| b[l]);
+                let v = |x: f32| match b {
+                    Some(b) => m.round(x - b),
+                    None => x,
+                };
+                *o = combine(m, coeffs[lines.line_of(j)], v(x[0][l]), v(x[1][l]), b);
+            }
+        })
+    }
+}
+
+/// A streaming merge that reads every input whole and runs `merge` (for the layouts a
+/// streaming pass cannot walk).
+fn whole(
+    method: &dyn MergeMethod,
+    ctx: &MergeCtx<'_>,
+    src: &dyn ChunkSource,
+    out: &dyn ChunkSink,
+) -> Result<(), String> {
+    let n = ctx.numel();
+    let data: Vec<Vec<f32>> = (0..ctx.inputs.len())
+        .map(|i| {
+            let mut b = vec![0.0f32; n];
+            src.read(i, 0..n, &mut b).map_err(|e| e.to_string())?;
+            Ok(b)
+        })
+        .collect::<Result<_, String>>()?;
+    let inputs: Vec<Input> = ctx
+        .inputs
+        .iter()
+        .zip(&data)
+        .map(|(i, d)| Input { data: d, ..*i })
+        .collect();
+    let mut o = vec![0.0f32; n];
+    method.merge(
+        &MergeCtx {
+            inputs: &inputs,
+            ..*ctx
+        },
+        &mut o,
+    )?;
+    let chunk = src.chunk().max(1);
+    for (c, vals) in o.chunks(chunk).enumerate() {
+        out.write(c * chunk, vals).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The inputs' roles and `t`.
+struct Setup {
+    x0: usize,
+    x1: usize,
+    base: Option<usize>,
+    t: f64,
+}
+
+impl Setup {
+    fn lines(&self, ctx: &MergeCtx<'_>, n: usize) -> Lines {
+        if ctx.global.flag("nuslerp_flatten", true) {
+            Lines::flat(n)
         } else if ctx.global.flag("nuslerp_row_wise", false) {
             Lines::first_axis(ctx.shape)
         } else {
             Lines::last_axis(ctx.shape)
-        };
-        let tf = t as f32;
-        let one_minus_t = (1.0 - t) as f32;
-        let clamp = m.round(NORM_CLAMP);
-        let coeffs: Vec<Coeffs> = (0..lines.count)
-            .into_par_iter()
-            .map(|k| {
-                let lerp = Coeffs {
-                    c0: one_minus_t,
-                    c1: tf,
-                    div: None,
-                };
-                let norm = |x: &[f32]| m.round(lines.torch_norm(k, |j| v(x, j)));
-                let (n0, n1) = (norm(x0), norm(x1));
-                if n0 < clamp || n1 < clamp {
-                    // Divergence from mergekit (see the module docs).
-                    return lerp;
-                }
-                let cos = m.round(lines.torch_sum(k, |j| {
-                    m.round(m.round(v(x0, j) / n0) * m.round(v(x1, j) / n1))
-                }));
-                let theta = unary(m, cos.clamp(-1.0, 1.0), f64::acos);
-                let sin = unary(m, theta, f64::sin);
-                if (sin.abs() as f64) < SIN_EPS {
-                    return lerp;
-                }
-                Coeffs {
-                    c0: unary(m, m.round(one_minus_t * theta), f64::sin),
-                    c1: unary(m, m.round(tf * theta), f64::sin),
-                    div: Some(sin),
-                }
-            })
-            .collect();
-        fill(out, |j| {
-            let c = coeffs[lines.line_of(j)];
-            let s = m.round(m.round(c.c0 * v(x0, j)) + m.round(c.c1 * v(x1, j)));
-            let r = match c.div {
-                Some(d) => m.round(s / d),
-                None => s,
+        }
+    }
+}
+
+fn setup(ctx: &MergeCtx<'_>) -> Result<Setup, String> {
+    let n = ctx.inputs.len();
+    let base = ctx.inputs.iter().position(|i| i.is_base);
+    if base.is_some() && n != 3 {
+        return Err(format!(
+            "nuslerp: the base model can not be one of the two models to merge \
+             (expected the base plus two other models, got {n} tensors)"
+        ));
+    }
+    let others: Vec<usize> = (0..n).filter(|&i| !ctx.inputs[i].is_base).collect();
+    let [x0, x1] = others[..] else {
+        return Err(format!(
+            "nuslerp merges exactly two models (plus an optional base model), got {}",
+            others.len()
+        ));
+    };
+    let w0 = weight_of(&ctx.inputs[x0])?;
+    let w1 = weight_of(&ctx.inputs[x1])?;
+    let t = if (w0 + w1).abs() < 1e-6 {
+        0.5
+    } else {
+        w1 / (w0 + w1)
+    };
+    Ok(Setup { x0, x1, base, t })
+}
+
+/// The coefficients of every vector; `make()` gives a reader of the vectors' values
+/// (`(which, flat index)`, `which` 0 or 1), one per parallel task.
+fn coefficients<F: Fn(usize, usize) -> f32>(
+    ctx: &MergeCtx<'_>,
+    s: &Setup,
+    lines: Lines,
+    make: impl Fn() -> F + Sync,
+) -> Vec<Coeffs> {
+    let m = ctx.math;
+    let t = s.t;
+    let tf = t as f32;
+    let one_minus_t = (1.0 - t) as f32;
+    let clamp = m.round(NORM_CLAMP);
+    (0..lines.count)
+        .into_par_iter()
+        .map(|k| {
+            let v = make();
+            let lerp = Coeffs {
+                c0: one_minus_t,
+                c1: tf,
+                div: None,
             };
-            match base {
-                Some(b) => m.round(b[j] + r),
-                None => r,
+            let norm = |which: usize| m.round(lines.torch_norm(k, |j| v(which, j)));
+            let (n0, n1) = (norm(0), norm(1));
+            if n0 < clamp || n1 < clamp {
+                // Divergence from mergekit (see the module docs).
+                return lerp;
             }
-        });
-        Ok(())
+            let cos = m.round(lines.torch_sum(k, |j| {
+                m.round(m.round(v(0, j) / n0) * m.round(v(1, j) / n1))
+            }));
+            let theta = unary(m, cos.clamp(-1.0, 1.0), f64::acos);
+            let sin = unary(m, theta, f64::sin);
+            if (sin.abs() as f64) < SIN_EPS {
+                return lerp;
+            }
+            Coeffs {
+                c0: unary(m, m.round(one_minus_t * theta), f64::sin),
+                c1: unary(m, m.round(tf * theta), f64::sin),
+                div: Some(sin),
+            }
+        })
+        .collect()
+}
+
+/// One output element from the vectors' values `v0`, `v1` and the base's `b`.
+#[inline]
+fn combine(m: DType, c: Coeffs, v0: f32, v1: f32, b: Option<f32>) -> f32 {
+    let s = m.round(m.round(c.c0 * v0) + m.round(c.c1 * v1));
+    let r = match c.div {
+        Some(d) => m.round(s / d),
+        None => s,
+    };
+    match b {
+        Some(b) => m.round(b + r),
+        None => r,
     }
 }
 
@@ -177,6 +316,40 @@ mod tests {
             DType::F32,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn streaming_is_bit_identical_to_merge() {
+        use super::super::testutil::assert_streams_like_merge;
+        let shape = [150usize, 1001];
+        let n = shape[0] * shape[1];
+        for math in [DType::F32, DType::BF16] {
+            let data: Vec<Vec<f32>> = (0..3usize)
+                .map(|k| {
+                    (0..n)
+                        .map(|i| math.round(((i * (37 + 17 * k) % 1013) as f32 - 500.0) * 1e-3))
+                        .collect()
+                })
+                .collect();
+            for global in [
+                vec![],
+                vec![("nuslerp_flatten", 0.0)],
+                vec![("nuslerp_flatten", 0.0), ("nuslerp_row_wise", 1.0)],
+            ] {
+                for with_base in [false, true] {
+                    let mut ins = vec![
+                        (&data[0][..], false, p(&[("weight", 0.3)])),
+                        (&data[1][..], false, p(&[("weight", 0.9)])),
+                    ];
+                    if with_base {
+                        ins.insert(1, (&data[2][..], true, p(&[])));
+                    }
+                    let out =
+                        assert_streams_like_merge(&NuSlerp, &ins, p(&global), math, &shape, 1000);
+                    assert_ne!(out, data[0]);
+                }
+            }
+        }
     }
 
     #[test]

@@ -247,6 +247,7 @@ pub struct Window<'a> {
     src: &'a dyn ChunkSource,
     input: usize,
     n: usize,
+    window: usize,
     start: Cell<usize>,
     buf: RefCell<Vec<f32>>,
     err: &'a Mutex<Option<String>>,
@@ -267,10 +268,18 @@ impl<'a> Window<'a> {
             src,
             input,
             n,
+            window: WINDOW,
             start: Cell::new(0),
             buf: RefCell::new(Vec::new()),
             err,
         }
+    }
+
+    /// The same window holding `len` elements at a time (at least 1; for short vectors read
+    /// one by one, the window is best sized to one vector).
+    pub fn sized(mut self, len: usize) -> Self {
+        self.window = len.max(1);
+        self
     }
 
     /// The value at element `i`.
@@ -283,8 +292,8 @@ impl<'a> Window<'a> {
                 return b[i - s];
             }
         }
-        let s = i - i % WINDOW;
-        let len = WINDOW.min(self.n - s);
+        let s = i - i % self.window;
+        let len = self.window.min(self.n - s);
         let mut b = self.buf.borrow_mut();
         b.resize(len, 0.0);
         if let Err(e) = self.src.read(self.input, s..s + len, &mut b) {
