@@ -14,6 +14,8 @@ fn memory_budget_does_not_change_a_single_bit() {
         "breadcrumbs",
         "della",
         "slerp_t",
+        "nuslerp_base",
+        "multislerp",
         "sce",
         "model_stock",
     ] {

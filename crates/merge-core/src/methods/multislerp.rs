@@ -14,9 +14,10 @@
 //! source order); the norms and dot products over the tensor replay PyTorch's float32 CPU
 //! reduction order ([`super::vecmath::torch_norm`], [`super::vecmath::torch_sum`]).
 
-use super::vecmath::{fill, torch_norm, torch_sum, unary};
-use super::{BaseUse, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
-use rayon::prelude::*;
+use super::vecmath::{Window, fill, stream_elementwise, take_err, torch_norm, torch_sum, unary};
+use super::{BaseUse, ChunkSink, ChunkSource, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use crate::dtype::DType;
+use std::sync::Mutex;
 
 /// The Multi-SLERP method.
 pub struct MultiSlerp;
@@ -42,7 +43,9 @@ impl MergeMethod for MultiSlerp {
     }
 
     fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
-        let others: Vec<&Input> = ctx.others().collect();
+        let others: Vec<usize> = (0..ctx.inputs.len())
+            .filter(|&i| !ctx.inputs[i].is_base)
+            .collect();
         let base = ctx.base().map(|b| b.data);
         match (others.len(), base) {
             (0, Some(b)) => {
@@ -51,7 +54,7 @@ impl MergeMethod for MultiSlerp {
             }
             (0, None) => return Err("multislerp needs at least one model".into()),
             (1, _) => {
-                out.copy_from_slice(others[0].data);
+                out.copy_from_slice(ctx.inputs[others[0]].data);
                 return Ok(());
             }
             _ => {}
@@ -60,86 +63,225 @@ impl MergeMethod for MultiSlerp {
             return Ok(());
         }
         let m = ctx.math;
-        let k = others.len();
-        let len = out.len();
-        let eps = ctx.global.get_or("eps", 1e-8);
-        let epsf = eps as f32;
-        let xs: Vec<&[f32]> = others.iter().map(|i| i.data).collect();
+        let xs: Vec<&[f32]> = others.iter().map(|&i| ctx.inputs[i].data).collect();
         let v = |i: usize, j: usize| match base {
             Some(b) => m.round(xs[i][j] - b[j]),
             None => xs[i][j],
         };
-        let mut w: Vec<f32> = others
-            .iter()
-            .map(|i| weight_of(i).map(|w| m.round(w as f32)))
-            .collect::<Result<_, _>>()?;
-        if ctx.global.flag("normalize_weights", true) {
-            let s = m.round(torch_sum(k, |i| w[i]));
-            for wi in &mut w {
-                *wi = m.round(*wi / s);
-            }
-        }
-        // Norms and unit vectors (divisor nᵢ + eps).
-        let norms: Vec<f32> = (0..k)
-            .map(|i| m.round(torch_norm(len, |j| v(i, j))))
-            .collect();
-        let div: Vec<f32> = norms.iter().map(|&n| m.round(n + epsf)).collect();
-        let unit = |i: usize, j: usize| m.round(v(i, j) / div[i]);
-        // `(values * weights).sum(0)`: products rounded, summed over the model axis in order.
-        let model_sum = |f: &dyn Fn(usize) -> f32| {
-            let mut acc = 0.0f32;
-            for (i, &wi) in w.iter().enumerate() {
-                acc += m.round(f(i) * wi);
-            }
-            m.round(acc)
-        };
-        // Weighted mean of the unit vectors (kept in `out`).
-        fill(out, |j| model_sum(&|i| unit(i, j)));
-        let mean_norm = m.round(torch_norm(len, |j| out[j]));
-        if (mean_norm as f64) < eps {
-            if k == 2 {
-                fill(out, |j| {
-                    let r = m.round(m.round(v(0, j) * w[0]) + m.round(v(1, j) * w[1]));
-                    match base {
-                        Some(b) => m.round(r + b[j]),
-                        None => r,
-                    }
-                });
-                return Ok(());
-            }
-            return Err(
-                "multislerp: the weighted sum of the unit vectors is zero (antipodal \
-                        inputs whose weights balance out); use different weights"
-                    .into(),
-            );
-        }
-        out.par_iter_mut()
-            .for_each(|o| *o = m.round(*o / mean_norm));
-        let mean: &[f32] = out;
-        let dots: Vec<f32> = (0..k)
-            .map(|i| m.round(torch_sum(len, |j| m.round(unit(i, j) * mean[j]))))
-            .collect();
-        let mut tangent = vec![0.0f32; len];
-        fill(&mut tangent, |j| {
-            model_sum(&|i| m.round(unit(i, j) - m.round(dots[i] * mean[j])))
+        let sc = scalars(ctx, &others, out.len(), || v)?;
+        let k = xs.len();
+        fill(out, |j| {
+            let vals: Vec<f32> = (0..k).map(|i| v(i, j)).collect();
+            sc.element(m, &vals, base.map(|b| b[j]))
         });
-        let r = m.round(m.round(torch_norm(len, |j| tangent[j])) + epsf);
-        let cos_r = unary(m, r, f64::cos);
-        let sin_over_r = m.round(unary(m, r, f64::sin) / r);
-        let avg_norm = m.round(torch_sum(k, |i| m.round(norms[i] * w[i])));
-        out.par_iter_mut()
-            .zip(&tangent)
-            .enumerate()
-            .for_each(|(j, (o, &tg))| {
-                let dir = m.round(m.round(*o * cos_r) + m.round(tg * sin_over_r));
-                let res = m.round(dir * avg_norm);
-                *o = match base {
-                    Some(b) => m.round(res + b[j]),
-                    None => res,
-                };
-            });
         Ok(())
     }
+
+    fn can_stream(&self) -> bool {
+        true
+    }
+
+    fn merge_streaming(
+        &self,
+        ctx: &MergeCtx<'_>,
+        src: &dyn ChunkSource,
+        out: &dyn ChunkSink,
+    ) -> Result<(), String> {
+        let n = ctx.numel();
+        let others: Vec<usize> = (0..ctx.inputs.len())
+            .filter(|&i| !ctx.inputs[i].is_base)
+            .collect();
+        let base = ctx.inputs.iter().position(|i| i.is_base);
+        match (others.len(), base) {
+            (0, Some(b)) => {
+                return stream_elementwise(src, n, &[b], out, |_, x, o| o.copy_from_slice(&x[0]));
+            }
+            (0, None) => return Err("multislerp needs at least one model".into()),
+            (1, _) => {
+                return stream_elementwise(src, n, &[others[0]], out, |_, x, o| {
+                    o.copy_from_slice(&x[0])
+                });
+            }
+            _ => {}
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let m = ctx.math;
+        let err = Mutex::new(None);
+        let sc = scalars(ctx, &others, n, || {
+            let ws: Vec<Window> = others
+                .iter()
+                .map(|&i| Window::new(src, i, n, &err))
+                .collect();
+            let wb = base.map(|b| Window::new(src, b, n, &err));
+            move |i: usize, j: usize| match &wb {
+                Some(b) => m.round(ws[i].get(j) - b.get(j)),
+                None => ws[i].get(j),
+            }
+        })?;
+        take_err(&err)?;
+        let k = others.len();
+        let mut ins = others.clone();
+        ins.extend(base);
+        stream_elementwise(src, n, &ins, out, |_, x, o| {
+            let mut vals = vec![0.0f32; k];
+            for (l, o) in o.iter_mut().enumerate() {
+                let b = x.get(k).map(|b| b[l]);
+                for (i, v) in vals.iter_mut().enumerate() {
+                    *v = match b {
+                        Some(b) => m.round(x[i][l] - b),
+                        None => x[i][l],
+                    };
+                }
+                *o = sc.element(m, &vals, b);
+            }
+        })
+    }
+}
+
+/// The per-tensor numbers of the final element-wise pass.
+enum Scalars {
+    /// The weighted mean of the unit vectors vanished (two models): `w₀v₀ + w₁v₁`.
+    Lerp { w: Vec<f32> },
+    /// The spherical mean.
+    Sphere {
+        w: Vec<f32>,
+        div: Vec<f32>,
+        mean_norm: f32,
+        dots: Vec<f32>,
+        cos_r: f32,
+        sin_over_r: f32,
+        avg_norm: f32,
+    },
+}
+
+impl Scalars {
+    /// One output element from the models' vector values `vals` (`vᵢ` at this element) and
+    /// the base's value `b`.
+    fn element(&self, m: DType, vals: &[f32], b: Option<f32>) -> f32 {
+        let res = match self {
+            Scalars::Lerp { w } => m.round(m.round(vals[0] * w[0]) + m.round(vals[1] * w[1])),
+            Scalars::Sphere {
+                w,
+                div,
+                mean_norm,
+                dots,
+                cos_r,
+                sin_over_r,
+                avg_norm,
+            } => {
+                let mean = mean_at(m, w, div, *mean_norm, vals);
+                let tg = tangent_at(m, w, div, dots, mean, vals);
+                let dir = m.round(m.round(mean * cos_r) + m.round(tg * sin_over_r));
+                m.round(dir * avg_norm)
+            }
+        };
+        match b {
+            Some(b) => m.round(res + b),
+            None => res,
+        }
+    }
+}
+
+/// `(values * weights).sum(0)`: products rounded, summed over the model axis in order.
+#[inline]
+fn model_sum(m: DType, w: &[f32], f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = 0.0f32;
+    for (i, &wi) in w.iter().enumerate() {
+        acc += m.round(f(i) * wi);
+    }
+    m.round(acc)
+}
+
+/// The weighted mean of the unit vectors at one element (before normalisation).
+#[inline]
+fn mean_raw_at(m: DType, w: &[f32], div: &[f32], vals: &[f32]) -> f32 {
+    model_sum(m, w, |i| m.round(vals[i] / div[i]))
+}
+
+/// The normalised mean at one element.
+#[inline]
+fn mean_at(m: DType, w: &[f32], div: &[f32], mean_norm: f32, vals: &[f32]) -> f32 {
+    m.round(mean_raw_at(m, w, div, vals) / mean_norm)
+}
+
+/// The weighted tangent at one element.
+#[inline]
+fn tangent_at(m: DType, w: &[f32], div: &[f32], dots: &[f32], mean: f32, vals: &[f32]) -> f32 {
+    model_sum(m, w, |i| {
+        m.round(m.round(vals[i] / div[i]) - m.round(dots[i] * mean))
+    })
+}
+
+/// The whole-tensor reductions (each a sequential PyTorch-order replay over the tensor):
+/// `make()` gives a reader of `vᵢ` at element `j` (`(i, j)`), recomputed in every pass.
+fn scalars<V: Fn(usize, usize) -> f32>(
+    ctx: &MergeCtx<'_>,
+    others: &[usize],
+    len: usize,
+    make: impl Fn() -> V,
+) -> Result<Scalars, String> {
+    let m = ctx.math;
+    let k = others.len();
+    let eps = ctx.global.get_or("eps", 1e-8);
+    let epsf = eps as f32;
+    let mut w: Vec<f32> = others
+        .iter()
+        .map(|&i| weight_of(&ctx.inputs[i]).map(|w| m.round(w as f32)))
+        .collect::<Result<_, _>>()?;
+    if ctx.global.flag("normalize_weights", true) {
+        let s = m.round(torch_sum(k, |i| w[i]));
+        for wi in &mut w {
+            *wi = m.round(*wi / s);
+        }
+    }
+    let v = make();
+    let vals_at = |j: usize| -> Vec<f32> { (0..k).map(|i| v(i, j)).collect() };
+    // Norms and unit vectors (divisor nᵢ + eps).
+    let norms: Vec<f32> = (0..k)
+        .map(|i| m.round(torch_norm(len, |j| v(i, j))))
+        .collect();
+    let div: Vec<f32> = norms.iter().map(|&n| m.round(n + epsf)).collect();
+    let mean_norm = m.round(torch_norm(len, |j| mean_raw_at(m, &w, &div, &vals_at(j))));
+    if (mean_norm as f64) < eps {
+        if k == 2 {
+            return Ok(Scalars::Lerp { w });
+        }
+        return Err(
+            "multislerp: the weighted sum of the unit vectors is zero (antipodal \
+                    inputs whose weights balance out); use different weights"
+                .into(),
+        );
+    }
+    let dots: Vec<f32> = (0..k)
+        .map(|i| {
+            m.round(torch_sum(len, |j| {
+                let vals = vals_at(j);
+                let mean = mean_at(m, &w, &div, mean_norm, &vals);
+                m.round(m.round(vals[i] / div[i]) * mean)
+            }))
+        })
+        .collect();
+    let r = m.round(
+        m.round(torch_norm(len, |j| {
+            let vals = vals_at(j);
+            let mean = mean_at(m, &w, &div, mean_norm, &vals);
+            tangent_at(m, &w, &div, &dots, mean, &vals)
+        })) + epsf,
+    );
+    let cos_r = unary(m, r, f64::cos);
+    let sin_over_r = m.round(unary(m, r, f64::sin) / r);
+    let avg_norm = m.round(torch_sum(k, |i| m.round(norms[i] * w[i])));
+    Ok(Scalars::Sphere {
+        w,
+        div,
+        mean_norm,
+        dots,
+        cos_r,
+        sin_over_r,
+        avg_norm,
+    })
 }
 
 fn weight_of(i: &Input) -> Result<f64, String> {
@@ -156,6 +298,47 @@ mod tests {
     use super::super::vecmath::testutil::assert_close;
     use super::*;
     use crate::dtype::DType;
+
+    #[test]
+    fn streaming_is_bit_identical_to_merge() {
+        use super::super::testutil::assert_streams_like_merge;
+        let n = 70_001;
+        for math in [DType::F32, DType::BF16] {
+            let data: Vec<Vec<f32>> = (0..4usize)
+                .map(|k| {
+                    (0..n)
+                        .map(|i| math.round(((i * (37 + 17 * k) % 1013) as f32 - 500.0) * 1e-3))
+                        .collect()
+                })
+                .collect();
+            for with_base in [false, true] {
+                let mut ins = vec![
+                    (&data[0][..], false, p(&[("weight", 0.3)])),
+                    (&data[1][..], false, p(&[("weight", 0.9)])),
+                    (&data[2][..], false, p(&[("weight", 0.5)])),
+                ];
+                if with_base {
+                    ins.insert(1, (&data[3][..], true, p(&[])));
+                }
+                let out = assert_streams_like_merge(&MultiSlerp, &ins, p(&[]), math, &[n], 1000);
+                assert_ne!(out, data[0]);
+            }
+        }
+        // two antipodal models: the lerp branch
+        let a: Vec<f32> = (0..3001).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = a.iter().map(|x| -x).collect();
+        assert_streams_like_merge(
+            &MultiSlerp,
+            &[
+                (&a, false, p(&[("weight", 0.5)])),
+                (&b, false, p(&[("weight", 0.5)])),
+            ],
+            p(&[]),
+            DType::F32,
+            &[3001],
+            1000,
+        );
+    }
 
     #[test]
     fn spec_example() {
