@@ -20,9 +20,12 @@
 
 use super::consensus::{self, Consensus};
 use super::round::{Round, with_round};
-use super::sparsify::{self, CHUNK, Mask, magnitude_key};
-use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use super::sparsify::{self, CHUNK, Mask, Values, magnitude_key};
+use super::vecmath::{stream_elementwise, take_err};
+use super::{BaseUse, ChunkSink, ChunkSource, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use rayon::prelude::*;
+use std::marker::PhantomData;
+use std::sync::Mutex;
 
 /// The `sce` method.
 pub struct Sce;
@@ -49,76 +52,88 @@ impl MergeMethod for Sce {
     fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
         with_round!(ctx.math, R => sce_with::<R>(ctx, out))
     }
+
+    fn can_stream(&self) -> bool {
+        true
+    }
+
+    fn merge_streaming(
+        &self,
+        ctx: &MergeCtx<'_>,
+        src: &dyn ChunkSource,
+        out: &dyn ChunkSink,
+    ) -> Result<(), String> {
+        with_round!(ctx.math, R => sce_stream::<R>(ctx, src, out))
+    }
 }
 
-fn sce_with<R: Round>(ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
-    let base = ctx
-        .base()
-        .ok_or("sce needs a base model (set `base_model`)")?
-        .data;
-    let xs: Vec<&[f32]> = ctx.others().map(|i| i.data).collect();
-    let n = out.len();
-    if xs.is_empty() {
-        out.copy_from_slice(base);
-        return Ok(());
-    }
+/// The population variance across the task vectors at each element of a range: `base` and
+/// `xs[i]` hold the base's and model `i`'s values there.
+fn var_range<R: Round>(base: &[f32], xs: &[&[f32]], out: &mut [f32]) {
     let nm = xs.len();
-    let topk = ctx.global.get_or("select_topk", 1.0);
-    let tau = |i: usize, j: usize| R::round(xs[i][j] - base[j]);
+    for (l, v) in out.iter_mut().enumerate() {
+        let tau = |i: usize| R::round(xs[i][l] - base[l]);
+        let mean = (0..nm).map(|i| tau(i) as f64).sum::<f64>() / nm as f64;
+        let s = (0..nm)
+            .map(|i| {
+                let d = tau(i) as f64 - mean;
+                d * d
+            })
+            .sum::<f64>();
+        *v = R::round((s / nm as f64) as f32);
+    }
+}
 
-    // 1. select: the k elements of largest variance across the task vectors
-    let (var, mask) = if topk >= 1.0 {
-        (Vec::new(), Mask::All)
-    } else if topk <= 0.0 {
-        (Vec::new(), Mask::Nothing)
-    } else {
-        let mut var = vec![0.0f32; n];
-        var.par_chunks_mut(CHUNK).enumerate().for_each(|(c, vc)| {
-            for (l, v) in vc.iter_mut().enumerate() {
-                let j = c * CHUNK + l;
-                let mean = (0..nm).map(|i| tau(i, j) as f64).sum::<f64>() / nm as f64;
-                let s = (0..nm)
-                    .map(|i| {
-                        let d = tau(i, j) as f64 - mean;
-                        d * d
-                    })
-                    .sum::<f64>();
-                *v = R::round((s / nm as f64) as f32);
-            }
-        });
-        let nonzero = var
-            .par_chunks(CHUNK)
-            .map(|c| c.iter().filter(|v| **v != 0.0).count())
-            .sum::<usize>();
-        // int(nonzero · select_topk), evaluated by PyTorch in float32
-        let k = ((nonzero as f32) * (topk as f32)) as i64;
-        if k <= 0 {
-            (Vec::new(), Mask::Nothing)
-        } else {
-            let top = sparsify::select_top(&var[..], k as usize);
-            (var, Mask::Top(top))
-        }
-    };
-    let var = &var;
-    let sel_key = |j: usize| var.get(j).map_or(0, |v| magnitude_key(*v));
-
-    // 2. calculate: c_i = mean(τ_i'²), normalised to sum 1
-    let parts: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK))
+/// The selection: `Mask::All`, `Mask::Nothing` or the top-k of `var` (the variances).
+fn select<V: Values + ?Sized>(topk: f64, var: &V) -> Mask {
+    if topk >= 1.0 {
+        return Mask::All;
+    }
+    if topk <= 0.0 {
+        return Mask::Nothing;
+    }
+    let n = var.numel();
+    let nonzero = (0..n.div_ceil(CHUNK))
         .into_par_iter()
-        .map(|c| {
-            let mut cur = mask.cursor(c);
-            let mut acc = vec![0.0f64; nm];
-            for j in c * CHUNK..((c + 1) * CHUNK).min(n) {
-                if cur.keep(j, sel_key(j)) {
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        let t = tau(i, j);
-                        *a += R::round(t * t) as f64;
-                    }
-                }
-            }
-            acc
+        .map_init(Vec::new, |buf: &mut Vec<f32>, c| {
+            let start = c * CHUNK;
+            buf.resize(CHUNK.min(n - start), 0.0);
+            var.fill(start, buf);
+            buf.iter().filter(|v| **v != 0.0).count()
         })
-        .collect();
+        .sum::<usize>();
+    // int(nonzero · select_topk), evaluated by PyTorch in float32
+    let k = ((nonzero as f32) * (topk as f32)) as i64;
+    if k <= 0 {
+        Mask::Nothing
+    } else {
+        Mask::Top(sparsify::select_top(var, k as usize))
+    }
+}
+
+/// The kept flags of elements `start..start + len` (`var`: their variances, when the mask
+/// is a top set).
+fn kept(mask: &Mask, start: usize, len: usize, var: Option<&[f32]>) -> Vec<bool> {
+    let mut cur = mask.cursor(start / CHUNK);
+    (0..len)
+        .map(|l| cur.keep(start + l, var.map_or(0, |v| magnitude_key(v[l]))))
+        .collect()
+}
+
+/// Step 2's partial sums `Σ τᵢ'²` (f64) over one [`CHUNK`] of elements.
+fn calc_range<R: Round>(base: &[f32], xs: &[&[f32]], keep: &[bool], acc: &mut [f64]) {
+    for (l, k) in keep.iter().enumerate() {
+        if *k {
+            for (i, a) in acc.iter_mut().enumerate() {
+                let t = R::round(xs[i][l] - base[l]);
+                *a += R::round(t * t) as f64;
+            }
+        }
+    }
+}
+
+/// The merge weights `cᵢ` from the partial sums (in chunk order).
+fn weights_from<R: Round>(parts: Vec<Vec<f64>>, nm: usize, n: usize) -> Vec<f32> {
     let mut sums = vec![0.0f64; nm];
     for part in parts {
         for (s, p) in sums.iter_mut().zip(part) {
@@ -134,38 +149,205 @@ fn sce_with<R: Round>(ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String>
         total += c;
     }
     let total = R::round(total);
-    let weights: Vec<f32> = if (total as f64).abs() < 1e-6 {
+    if (total as f64).abs() < 1e-6 {
         vec![R::round(1.0 / nm as f32); nm]
     } else {
         coeffs.iter().map(|c| R::round(c / total)).collect()
+    }
+}
+
+/// Step 3 over a range: erase and merge.
+fn erase_range<R: Round>(
+    base: &[f32],
+    xs: &[&[f32]],
+    keep: &[bool],
+    weights: &[f32],
+    out: &mut [f32],
+) {
+    let nm = xs.len();
+    let min_div = R::round(1e-6);
+    let mut t = vec![0.0f32; nm];
+    for (l, o) in out.iter_mut().enumerate() {
+        let b = base[l];
+        for (i, ti) in t.iter_mut().enumerate() {
+            *ti = if keep[l] { R::round(xs[i][l] - b) } else { 0.0 };
+        }
+        let positive = consensus::elect(Consensus::Sum, &t, R::round);
+        let (mut s, mut dv) = (0.0f32, 0.0f32);
+        for (ti, w) in t.iter().zip(weights) {
+            if consensus::agrees(*ti, positive) {
+                s += R::round(ti * w);
+                dv += w;
+            }
+        }
+        let dv = R::round(dv).max(min_div);
+        *o = R::round(b + R::round(R::round(s) / dv));
+    }
+}
+
+fn sce_with<R: Round>(ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
+    let base = ctx
+        .base()
+        .ok_or("sce needs a base model (set `base_model`)")?
+        .data;
+    let xs: Vec<&[f32]> = ctx.others().map(|i| i.data).collect();
+    let n = out.len();
+    if xs.is_empty() {
+        out.copy_from_slice(base);
+        return Ok(());
+    }
+    let nm = xs.len();
+    let topk = ctx.global.get_or("select_topk", 1.0);
+    let sub =
+        |r: std::ops::Range<usize>| -> Vec<&[f32]> { xs.iter().map(|x| &x[r.clone()]).collect() };
+
+    // 1. select: the k elements of largest variance across the task vectors
+    let var = if topk > 0.0 && topk < 1.0 {
+        let mut var = vec![0.0f32; n];
+        var.par_chunks_mut(CHUNK).enumerate().for_each(|(c, vc)| {
+            let r = c * CHUNK..c * CHUNK + vc.len();
+            var_range::<R>(&base[r.clone()], &sub(r), vc);
+        });
+        var
+    } else {
+        Vec::new()
     };
+    let mask = select(topk, &var[..]);
+    let var_of = |r: std::ops::Range<usize>| (!var.is_empty()).then(|| &var[r]);
+
+    // 2. calculate: c_i = mean(τ_i'²), normalised to sum 1
+    let parts: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let r = c * CHUNK..((c + 1) * CHUNK).min(n);
+            let keep = kept(&mask, r.start, r.len(), var_of(r.clone()));
+            let mut acc = vec![0.0f64; nm];
+            calc_range::<R>(&base[r.clone()], &sub(r), &keep, &mut acc);
+            acc
+        })
+        .collect();
+    let weights = weights_from::<R>(parts, nm, n);
 
     // 3. erase and merge
-    let min_div = R::round(1e-6);
-    let weights = &weights;
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, oc)| {
-        let mut cur = mask.cursor(c);
-        let mut t = vec![0.0f32; nm];
-        for (l, o) in oc.iter_mut().enumerate() {
-            let j = c * CHUNK + l;
-            let b = base[j];
-            let keep = cur.keep(j, sel_key(j));
-            for (i, ti) in t.iter_mut().enumerate() {
-                *ti = if keep { tau(i, j) } else { 0.0 };
-            }
-            let positive = consensus::elect(Consensus::Sum, &t, R::round);
-            let (mut s, mut dv) = (0.0f32, 0.0f32);
-            for (ti, w) in t.iter().zip(weights) {
-                if consensus::agrees(*ti, positive) {
-                    s += R::round(ti * w);
-                    dv += w;
-                }
-            }
-            let dv = R::round(dv).max(min_div);
-            *o = R::round(b + R::round(R::round(s) / dv));
-        }
+        let r = c * CHUNK..c * CHUNK + oc.len();
+        let keep = kept(&mask, r.start, r.len(), var_of(r.clone()));
+        erase_range::<R>(&base[r.clone()], &sub(r), &keep, &weights, oc);
     });
     Ok(())
+}
+
+/// Reads the base (`bufs[0]`) and the models (`bufs[1..]`) at elements `r`.
+fn read_all(
+    src: &dyn ChunkSource,
+    ins: &[usize],
+    r: std::ops::Range<usize>,
+) -> Result<Vec<Vec<f32>>, String> {
+    ins.iter()
+        .map(|&i| {
+            let mut b = vec![0.0f32; r.len()];
+            src.read(i, r.clone(), &mut b).map_err(|e| e.to_string())?;
+            Ok(b)
+        })
+        .collect()
+}
+
+/// The variances of a streamed tensor, recomputed from the inputs when read.
+struct StreamVar<'a, R: Round> {
+    src: &'a dyn ChunkSource,
+    ins: &'a [usize],
+    n: usize,
+    err: &'a Mutex<Option<String>>,
+    _r: PhantomData<R>,
+}
+
+impl<R: Round> Values for StreamVar<'_, R> {
+    fn numel(&self) -> usize {
+        self.n
+    }
+    fn at(&self, i: usize) -> f32 {
+        let mut v = [0.0f32];
+        self.fill(i, &mut v);
+        v[0]
+    }
+    fn fill(&self, start: usize, out: &mut [f32]) {
+        match read_all(self.src, self.ins, start..start + out.len()) {
+            Ok(b) => {
+                let xs: Vec<&[f32]> = b[1..].iter().map(|x| &x[..]).collect();
+                var_range::<R>(&b[0], &xs, out);
+            }
+            Err(e) => {
+                out.fill(0.0);
+                let mut slot = self.err.lock().unwrap_or_else(|e| e.into_inner());
+                slot.get_or_insert(e);
+            }
+        }
+    }
+}
+
+fn sce_stream<R: Round>(
+    ctx: &MergeCtx<'_>,
+    src: &dyn ChunkSource,
+    out: &dyn ChunkSink,
+) -> Result<(), String> {
+    let base = ctx
+        .inputs
+        .iter()
+        .position(|i| i.is_base)
+        .ok_or("sce needs a base model (set `base_model`)")?;
+    let n = ctx.numel();
+    let mut ins = vec![base];
+    ins.extend((0..ctx.inputs.len()).filter(|&i| !ctx.inputs[i].is_base));
+    if ins.len() == 1 {
+        return stream_elementwise(src, n, &[base], out, |_, x, o| o.copy_from_slice(&x[0]));
+    }
+    let nm = ins.len() - 1;
+    let topk = ctx.global.get_or("select_topk", 1.0);
+    let err = Mutex::new(None);
+    let var = StreamVar::<R> {
+        src,
+        ins: &ins,
+        n,
+        err: &err,
+        _r: PhantomData,
+    };
+    let mask = select(topk, &var);
+    take_err(&err)?;
+    let needs_var = matches!(mask, Mask::Top(_));
+    // the inputs of a range and, when the mask needs them, their variances
+    let load = |r: std::ops::Range<usize>| -> Result<(Vec<Vec<f32>>, Vec<bool>), String> {
+        let b = read_all(src, &ins, r.clone())?;
+        let xs: Vec<&[f32]> = b[1..].iter().map(|x| &x[..]).collect();
+        let keep = if needs_var {
+            let mut v = vec![0.0f32; r.len()];
+            var_range::<R>(&b[0], &xs, &mut v);
+            kept(&mask, r.start, r.len(), Some(&v))
+        } else {
+            kept(&mask, r.start, r.len(), None)
+        };
+        Ok((b, keep))
+    };
+    let parts: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let r = c * CHUNK..((c + 1) * CHUNK).min(n);
+            let (b, keep) = load(r)?;
+            let xs: Vec<&[f32]> = b[1..].iter().map(|x| &x[..]).collect();
+            let mut acc = vec![0.0f64; nm];
+            calc_range::<R>(&b[0], &xs, &keep, &mut acc);
+            Ok(acc)
+        })
+        .collect::<Result<_, String>>()?;
+    let weights = weights_from::<R>(parts, nm, n);
+    let chunk = src.chunk().max(1);
+    (0..n.div_ceil(chunk)).into_par_iter().try_for_each(|c| {
+        let r = c * chunk..((c + 1) * chunk).min(n);
+        let (b, keep) = load(r.clone())?;
+        let xs: Vec<&[f32]> = b[1..].iter().map(|x| &x[..]).collect();
+        let mut o = vec![0.0f32; r.len()];
+        erase_range::<R>(&b[0], &xs, &keep, &weights, &mut o);
+        out.write(r.start, &o).map_err(|e| e.to_string())
+    })
 }
 
 #[cfg(test)]
@@ -180,6 +362,41 @@ mod tests {
             ins.push((*x, false, p(&[])));
         }
         run(&Sce, &ins, p(&[("select_topk", topk)]), math).unwrap()
+    }
+
+    #[test]
+    fn streaming_is_bit_identical_to_merge() {
+        use super::super::testutil::assert_streams_like_merge;
+        let n = CHUNK + 4321;
+        for math in [DType::F32, DType::BF16] {
+            let data: Vec<Vec<f32>> = (0..4usize)
+                .map(|k| {
+                    (0..n)
+                        .map(|i| {
+                            math.round(((i * (13 + 6 * k) % (17 + 2 * k)) as f32 - 8.0) * 0.125)
+                        })
+                        .collect()
+                })
+                .collect();
+            for topk in [1.0, 0.3, 0.77, 0.0] {
+                let ins: Vec<(&[f32], bool, _)> = data
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| (&d[..], k == 0, p(&[])))
+                    .collect();
+                let out = assert_streams_like_merge(
+                    &Sce,
+                    &ins,
+                    p(&[("select_topk", topk)]),
+                    math,
+                    &[n],
+                    1000,
+                );
+                if topk > 0.0 {
+                    assert_ne!(out, data[0]);
+                }
+            }
+        }
     }
 
     #[test]
