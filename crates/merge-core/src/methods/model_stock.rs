@@ -14,9 +14,11 @@
 //! norms replay PyTorch's float32 CPU reduction order ([`super::vecmath::torch_norm`],
 //! [`torch_sum`]).
 
-use super::vecmath::{Lines, fill, torch_sum};
-use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use super::vecmath::{Lines, WINDOW, Window, fill, stream_elementwise, take_err, torch_sum};
+use super::{BaseUse, ChunkSink, ChunkSource, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use crate::dtype::DType;
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// The Model Stock method.
 pub struct ModelStock;
@@ -50,64 +52,139 @@ impl MergeMethod for ModelStock {
             out.copy_from_slice(base);
             return Ok(());
         }
-        if xs.len() < 2 {
-            return Err(format!(
-                "model_stock needs the base plus at least two other models, got {} other",
-                xs.len()
-            ));
-        }
+        check_count(xs.len())?;
         let m = ctx.math;
-        let nm = xs.len();
-        let filter_wise = ctx.global.flag("filter_wise", false);
-        let lines = if filter_wise {
-            Lines::last_axis(ctx.shape)
-        } else {
-            Lines::flat(out.len())
-        };
-        let off = |i: usize, j: usize| m.round(xs[i][j] - base[j]);
-        let nf = nm as f32;
-        // The interpolation ratio t per vector.
-        let ts: Vec<f32> = (0..lines.count)
-            .into_par_iter()
-            .map(|k| {
-                let norms: Vec<f32> = (0..nm)
-                    .map(|i| m.round(lines.torch_norm(k, |j| off(i, j))))
-                    .collect();
-                let mut cos = Vec::with_capacity(nm * (nm - 1) / 2);
-                for i in 0..nm {
-                    for j in i + 1..nm {
-                        let d = m.round(lines.torch_sum(k, |e| m.round(off(i, e) * off(j, e))));
-                        let denom = m.round(norms[i] * norms[j]).max(m.round(1e-6));
-                        cos.push(m.round(d / denom).clamp(-1.0, 1.0));
-                    }
-                }
-                // `stack(cos).mean(0)`: a sum, then a division by the count. Over the
-                // flattened tensor that is a 1-D sum; per row, a sum over the stacked axis.
-                let sum = if filter_wise {
-                    cos.iter().fold(0.0f32, |a, &c| a + c)
-                } else {
-                    torch_sum(cos.len(), |i| cos[i])
-                };
-                let c = m.round(m.round(sum) / cos.len() as f32);
-                let den = m.round(1.0 + m.round((nf - 1.0) * c));
-                if (den.abs() as f64) < SINGULAR {
-                    // mergekit keeps the base where no finite ratio exists.
-                    return 0.0;
-                }
-                m.round(m.round(nf * c) / den)
-            })
-            .collect();
+        let lines = lines_of(ctx, out.len());
+        let xs = &xs;
+        let ts = ratios(ctx, lines, xs.len(), || {
+            move |i: usize, j: usize| m.round(xs[i][j] - base[j])
+        });
         fill(out, |j| {
             let t = ts[lines.line_of(j)];
-            let mut sum = xs[0][j];
-            for x in &xs[1..] {
-                sum = m.round(sum + x[j]);
-            }
-            let avg = m.round(sum / nf);
-            m.round(m.round(t * avg) + m.round(m.round(1.0 - t) * base[j]))
+            combine(m, t, xs.len(), |i| xs[i][j], base[j])
         });
         Ok(())
     }
+
+    fn can_stream(&self) -> bool {
+        true
+    }
+
+    fn merge_streaming(
+        &self,
+        ctx: &MergeCtx<'_>,
+        src: &dyn ChunkSource,
+        out: &dyn ChunkSink,
+    ) -> Result<(), String> {
+        let n = ctx.numel();
+        let base = ctx
+            .inputs
+            .iter()
+            .position(|i| i.is_base)
+            .ok_or("model_stock: the base model's tensor is missing")?;
+        let xs: Vec<usize> = (0..ctx.inputs.len())
+            .filter(|&i| !ctx.inputs[i].is_base)
+            .collect();
+        if xs.is_empty() {
+            return stream_elementwise(src, n, &[base], out, |_, x, o| o.copy_from_slice(&x[0]));
+        }
+        check_count(xs.len())?;
+        let m = ctx.math;
+        let lines = lines_of(ctx, n);
+        let err = Mutex::new(None);
+        let ts = ratios(ctx, lines, xs.len(), || {
+            // a row is read whole, a flattened tensor in windows
+            let len = lines.len.min(WINDOW);
+            let ws: Vec<Window> = xs
+                .iter()
+                .map(|&i| Window::new(src, i, n, &err).sized(len))
+                .collect();
+            let wb = Window::new(src, base, n, &err).sized(len);
+            move |i: usize, j: usize| m.round(ws[i].get(j) - wb.get(j))
+        });
+        take_err(&err)?;
+        let nm = xs.len();
+        let mut ins = xs.clone();
+        ins.push(base);
+        stream_elementwise(src, n, &ins, out, |start, x, o| {
+            for (l, o) in o.iter_mut().enumerate() {
+                let t = ts[lines.line_of(start + l)];
+                *o = combine(m, t, nm, |i| x[i][l], x[nm][l]);
+            }
+        })
+    }
+}
+
+fn check_count(nm: usize) -> Result<(), String> {
+    if nm < 2 {
+        return Err(format!(
+            "model_stock needs the base plus at least two other models, got {nm} other"
+        ));
+    }
+    Ok(())
+}
+
+fn lines_of(ctx: &MergeCtx<'_>, n: usize) -> Lines {
+    if ctx.global.flag("filter_wise", false) {
+        Lines::last_axis(ctx.shape)
+    } else {
+        Lines::flat(n)
+    }
+}
+
+/// The interpolation ratio `t` of every vector; `make()` gives a reader of the offsets
+/// `(model, flat index)`, one per parallel task.
+fn ratios<F: Fn(usize, usize) -> f32>(
+    ctx: &MergeCtx<'_>,
+    lines: Lines,
+    nm: usize,
+    make: impl Fn() -> F + Sync,
+) -> Vec<f32> {
+    let m = ctx.math;
+    let filter_wise = ctx.global.flag("filter_wise", false);
+    let nf = nm as f32;
+    (0..lines.count)
+        .into_par_iter()
+        .map(|k| {
+            let off = make();
+            let norms: Vec<f32> = (0..nm)
+                .map(|i| m.round(lines.torch_norm(k, |j| off(i, j))))
+                .collect();
+            let mut cos = Vec::with_capacity(nm * (nm - 1) / 2);
+            for i in 0..nm {
+                for j in i + 1..nm {
+                    let d = m.round(lines.torch_sum(k, |e| m.round(off(i, e) * off(j, e))));
+                    let denom = m.round(norms[i] * norms[j]).max(m.round(1e-6));
+                    cos.push(m.round(d / denom).clamp(-1.0, 1.0));
+                }
+            }
+            // `stack(cos).mean(0)`: a sum, then a division by the count. Over the
+            // flattened tensor that is a 1-D sum; per row, a sum over the stacked axis.
+            let sum = if filter_wise {
+                cos.iter().fold(0.0f32, |a, &c| a + c)
+            } else {
+                torch_sum(cos.len(), |i| cos[i])
+            };
+            let c = m.round(m.round(sum) / cos.len() as f32);
+            let den = m.round(1.0 + m.round((nf - 1.0) * c));
+            if (den.abs() as f64) < SINGULAR {
+                // mergekit keeps the base where no finite ratio exists.
+                return 0.0;
+            }
+            m.round(m.round(nf * c) / den)
+        })
+        .collect()
+}
+
+/// One output element: `t·mean(xᵢ) + (1−t)·base` (`x(i)`: model `i`'s value).
+#[inline]
+fn combine(m: DType, t: f32, nm: usize, x: impl Fn(usize) -> f32, base: f32) -> f32 {
+    let mut sum = x(0);
+    for i in 1..nm {
+        sum = m.round(sum + x(i));
+    }
+    let avg = m.round(sum / nm as f32);
+    m.round(m.round(t * avg) + m.round(m.round(1.0 - t) * base))
 }
 
 #[cfg(test)]
@@ -116,6 +193,38 @@ mod tests {
     use super::super::vecmath::testutil::{assert_close, run_shaped};
     use super::*;
     use crate::dtype::DType;
+
+    #[test]
+    fn streaming_is_bit_identical_to_merge() {
+        use super::super::testutil::assert_streams_like_merge;
+        let shape = [130usize, 1003];
+        let n = shape[0] * shape[1];
+        for math in [DType::F32, DType::BF16] {
+            let data: Vec<Vec<f32>> = (0..4usize)
+                .map(|k| {
+                    (0..n)
+                        .map(|i| math.round(((i * (37 + 17 * k) % 1013) as f32 - 500.0) * 1e-3))
+                        .collect()
+                })
+                .collect();
+            for filter_wise in [0.0, 1.0] {
+                let ins: Vec<(&[f32], bool, _)> = data
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| (&d[..], k == 2, p(&[])))
+                    .collect();
+                let out = assert_streams_like_merge(
+                    &ModelStock,
+                    &ins,
+                    p(&[("filter_wise", filter_wise)]),
+                    math,
+                    &shape,
+                    1000,
+                );
+                assert_ne!(out, data[2]);
+            }
+        }
+    }
 
     #[test]
     fn spec_example() {
