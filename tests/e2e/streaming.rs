@@ -16,6 +16,7 @@ fn memory_budget_does_not_change_a_single_bit() {
         "slerp_t",
         "nuslerp_base",
         "multislerp",
+        "karcher",
         "sce",
         "model_stock",
     ] {

@@ -17,10 +17,11 @@
 //! parity fixture (10 of 213,568 float16 outputs one ulp off mergekit's). Python-float
 //! scalars (α, the final scale) are kept in `f64` and cast to `f32` where PyTorch casts them.
 
-use super::vecmath::{torch_norm, torch_sum, unary};
-use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use super::vecmath::{Window, stream_elementwise, take_err, torch_norm, torch_sum, unary};
+use super::{BaseUse, ChunkSink, ChunkSource, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use crate::dtype::DType;
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// The Karcher mean method.
 pub struct Karcher;
@@ -133,6 +134,195 @@ impl MergeMethod for Karcher {
         out.par_iter_mut().for_each(|o| *o = m.round(scale * *o));
         Ok(())
     }
+
+    fn can_stream(&self) -> bool {
+        true
+    }
+
+    fn merge_streaming(
+        &self,
+        ctx: &MergeCtx<'_>,
+        src: &dyn ChunkSource,
+        out: &dyn ChunkSink,
+    ) -> Result<(), String> {
+        karcher_stream(ctx, src, out)
+    }
+}
+
+/// How the iteration starts.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// `Σ αᵢuᵢ` divided by its norm.
+    Mean(f32),
+    /// The first valid unit vector (the mean had norm < tol).
+    First,
+}
+
+/// One completed iteration's scalars: the tangent terms `(valid index, cos θ, coefficient)`,
+/// `‖T‖`, `cos ‖T‖`, `sin ‖T‖`, and the renormalising norm (if applied).
+#[derive(Debug, Clone)]
+struct Step {
+    terms: Vec<(usize, f32, f32)>,
+    t_norm: f32,
+    c: f32,
+    s: f32,
+    u_norm: Option<f32>,
+}
+
+/// The scalar history of a streamed Karcher mean: every tensor-sized intermediate (the mean
+/// direction `u`, the tangent) is a function of one element's unit-vector values and these
+/// scalars, replayed element by element with the in-memory kernel's exact operations.
+struct History {
+    m: DType,
+    alphas: Vec<f32>,
+    start: Start,
+    steps: Vec<Step>,
+}
+
+impl History {
+    /// `Σ αᵢuᵢ` at one element (`units`: the valid inputs' unit-vector values).
+    fn acc(&self, units: &[f32]) -> f32 {
+        let m = self.m;
+        let mut acc = 0.0f32;
+        for (u, a) in units.iter().zip(&self.alphas) {
+            acc = m.round(acc + m.round(a * u));
+        }
+        acc
+    }
+
+    /// `u` after the first `k` steps.
+    fn u(&self, units: &[f32], k: usize) -> f32 {
+        let m = self.m;
+        let mut u = match self.start {
+            Start::Mean(norm) => m.round(self.acc(units) / norm),
+            Start::First => units[0],
+        };
+        for st in &self.steps[..k] {
+            let t = Self::tangent(m, units, u, &st.terms);
+            u = m.round(m.round(st.c * u) + m.round(st.s * m.round(t / st.t_norm)));
+            if let Some(un) = st.u_norm {
+                u = m.round(u / un);
+            }
+        }
+        u
+    }
+
+    /// The tangent at one element from `u` and an iteration's terms.
+    fn tangent(m: DType, units: &[f32], u: f32, terms: &[(usize, f32, f32)]) -> f32 {
+        let mut t = 0.0f32;
+        for &(i, dot, coef) in terms {
+            let d = m.round(units[i] - m.round(dot * u));
+            t = m.round(t + m.round(coef * d));
+        }
+        t
+    }
+}
+
+fn karcher_stream(
+    ctx: &MergeCtx<'_>,
+    src: &dyn ChunkSource,
+    out: &dyn ChunkSink,
+) -> Result<(), String> {
+    let n = ctx.inputs.len();
+    let len = ctx.numel();
+    if n == 0 {
+        return Err("karcher needs at least one model".into());
+    }
+    if n == 1 {
+        return stream_elementwise(src, len, &[0], out, |_, x, o| o.copy_from_slice(&x[0]));
+    }
+    let max_iter = ctx.global.get_or("max_iter", 10.0);
+    if max_iter.is_nan() || max_iter < 0.0 {
+        return Err(format!("karcher: max_iter must be >= 0, got {max_iter}"));
+    }
+    let max_iter = max_iter as usize;
+    let tol = ctx.global.get_or("tol", 1e-5);
+    let m = ctx.math;
+    let alpha = 1.0 / n as f64;
+    let err = Mutex::new(None);
+    let windows = || -> Vec<Window> { (0..n).map(|i| Window::new(src, i, len, &err)).collect() };
+    let norms: Vec<f32> = (0..n)
+        .map(|i| {
+            let w = Window::new(src, i, len, &err);
+            torch_norm(len, |j| w.get(j))
+        })
+        .collect();
+    take_err(&err)?;
+    let valid: Vec<usize> = (0..n).filter(|&i| norms[i] as f64 > tol).collect();
+    if valid.is_empty() {
+        return stream_elementwise(src, len, &[], out, |_, _, o| o.fill(0.0));
+    }
+    let alpha_sum: f64 = valid.iter().map(|_| alpha).sum();
+    let mut h = History {
+        m,
+        alphas: valid.iter().map(|_| (alpha / alpha_sum) as f32).collect(),
+        start: Start::First,
+        steps: Vec::new(),
+    };
+    let units = |ws: &[Window], j: usize| -> Vec<f32> {
+        valid
+            .iter()
+            .map(|&i| m.round(ws[i].get(j) / norms[i]))
+            .collect()
+    };
+    // a reduction over the tensor of a per-element function of the unit values
+    let reduce = |norm: bool, f: &dyn Fn(&[f32]) -> f32| -> f32 {
+        let ws = windows();
+        if norm {
+            torch_norm(len, |j| f(&units(&ws, j)))
+        } else {
+            torch_sum(len, |j| f(&units(&ws, j)))
+        }
+    };
+    let mean_norm = reduce(true, &|u| h.acc(u));
+    if (mean_norm as f64) >= tol {
+        h.start = Start::Mean(mean_norm);
+    }
+    for k in 0..max_iter {
+        let mut terms = Vec::new();
+        for (vi, a) in h.alphas.iter().enumerate() {
+            let dot = m.round(reduce(false, &|un| m.round(h.u(un, k) * un[vi])));
+            let dot = dot.clamp(-1.0, 1.0);
+            let theta = unary(m, dot, f64::acos);
+            if (theta as f64) < tol {
+                continue;
+            }
+            let sin = unary(m, theta, f64::sin);
+            terms.push((vi, dot, m.round(a * m.round(theta / sin))));
+        }
+        let t_norm = reduce(true, &|un| History::tangent(m, un, h.u(un, k), &terms));
+        if (t_norm as f64) < tol {
+            break;
+        }
+        let (c, s) = (
+            unary(DType::F32, t_norm, f64::cos),
+            unary(DType::F32, t_norm, f64::sin),
+        );
+        let mut step = Step {
+            terms,
+            t_norm,
+            c,
+            s,
+            u_norm: None,
+        };
+        h.steps.push(step.clone());
+        // the norm of u after the update, before renormalising
+        let u_norm = reduce(true, &|un| h.u(un, k + 1));
+        if u_norm as f64 > tol {
+            step.u_norm = Some(u_norm);
+            h.steps[k] = step;
+        }
+    }
+    take_err(&err)?;
+    let done = h.steps.len();
+    let scale = norms.iter().fold(0.0f64, |s, &nv| s + alpha * nv as f64) as f32;
+    let all: Vec<usize> = (0..n).collect();
+    stream_elementwise(src, len, &all, out, |_, x, o| {
+        for (l, o) in o.iter_mut().enumerate() {
+            let un: Vec<f32> = valid.iter().map(|&i| m.round(x[i][l] / norms[i])).collect();
+            *o = m.round(scale * h.u(&un, done));
+        }
+    })
 }
 
 #[cfg(test)]
@@ -146,6 +336,28 @@ mod tests {
     fn karcher(inputs: &[&[f32]], global: &[(&'static str, f64)]) -> Vec<f32> {
         let ins: Vec<_> = inputs.iter().map(|x| (*x, false, p(&[]))).collect();
         run(&Karcher, &ins, p(global), DType::F32).unwrap()
+    }
+
+    #[test]
+    fn streaming_is_bit_identical_to_merge() {
+        use super::super::testutil::assert_streams_like_merge;
+        let n = 6_007;
+        for math in [DType::F32, DType::BF16, DType::F16] {
+            let mut data: Vec<Vec<f32>> = (0..3usize)
+                .map(|k| {
+                    (0..n)
+                        .map(|i| math.round(((i * (37 + 17 * k) % 1013) as f32 - 500.0) * 1e-3))
+                        .collect()
+                })
+                .collect();
+            data.push(vec![0.0; n]); // a zero tensor takes no part
+            for global in [vec![], vec![("max_iter", 3.0)], vec![("tol", 1e-2)]] {
+                let ins: Vec<(&[f32], bool, _)> =
+                    data.iter().map(|d| (&d[..], false, p(&[]))).collect();
+                let out = assert_streams_like_merge(&Karcher, &ins, p(&global), math, &[n], 1000);
+                assert_ne!(out, data[0]);
+            }
+        }
     }
 
     #[test]
