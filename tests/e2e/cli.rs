@@ -185,3 +185,116 @@ fn help_lists_subcommands() {
     let o = run(&["run", "--help"]);
     assert!(stdout(&o).contains("--out-shard-size"));
 }
+
+#[test]
+fn hub_ids_resolve_offline_in_the_local_cache() {
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = tmp.path().join("hub/models--tiny-org--tiny-llama");
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for f in std::fs::read_dir(fx.join("models/tiny-llama/ft1")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, snap.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let r = recipe(
+        tmp.path(),
+        "merge_method: passthrough\nmodels:\n  - model: tiny-org/tiny-llama\n",
+    );
+    let out = tmp.path().join("out");
+    let o = smelt()
+        .env("HF_HUB_CACHE", tmp.path().join("hub"))
+        .args(["run", "-q", r.to_str().unwrap(), out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_eq!(
+        read_safetensors(&out.join("model.safetensors")),
+        read_safetensors(&fx.join("models/tiny-llama/ft1/model.safetensors"))
+    );
+    // a revision that is not in the cache: the error says where smelt looked
+    let r = recipe(
+        tmp.path(),
+        "merge_method: passthrough\nmodels:\n  - model: tiny-org/tiny-llama@v9\n",
+    );
+    let o = smelt()
+        .env("HF_HUB_CACHE", tmp.path().join("hub"))
+        .args([
+            "run",
+            "-q",
+            r.to_str().unwrap(),
+            tmp.path().join("out2").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_fails(
+        &o,
+        &["tiny-org/tiny-llama@v9", "models--tiny-org--tiny-llama"],
+    );
+}
+
+#[test]
+fn mixing_architectures_needs_allow_crimes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, arch) in [("a", "LlamaForCausalLM"), ("b", "MistralForCausalLM")] {
+        let d = tmp.path().join(name);
+        let ts = tiny_llama(&d, 2, 8, 16, 0.1);
+        save(&d, &ts);
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+        cfg["architectures"] = serde_json::json!([arch]);
+        std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    }
+    let r = recipe(
+        tmp.path(),
+        "merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n    parameters: {weight: 1}\n",
+    );
+    let out = tmp.path().join("out");
+    assert_fails(
+        &run(&["run", "-q", r.to_str().unwrap(), out.to_str().unwrap()]),
+        &["MistralForCausalLM", "--allow-crimes"],
+    );
+    assert_ok(&run(&[
+        "run",
+        "-q",
+        "--allow-crimes",
+        r.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]));
+}
+
+#[test]
+fn non_float_tensors_pass_through_from_a_single_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("a");
+    let mut ts = tiny_llama(&d, 2, 8, 16, 0.1);
+    // an inferred architecture keeps every tensor, including an int64 buffer
+    let cfg =
+        serde_json::json!({"architectures": ["TinyThingForCausalLM"], "num_hidden_layers": 2});
+    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    ts.push(T {
+        name: "model.position_ids".into(),
+        dtype: "I64",
+        shape: vec![4],
+        data: (0..4i64).flat_map(|v| v.to_le_bytes()).collect(),
+    });
+    save(&d, &ts);
+    let r = recipe(
+        tmp.path(),
+        "merge_method: passthrough\nmodels:\n  - model: a\ndtype: bfloat16\n",
+    );
+    let out = tmp.path().join("out");
+    let e = assert_ok(&run(&["run", r.to_str().unwrap(), out.to_str().unwrap()]));
+    assert!(e.contains("inferring the layout"), "{e}");
+    let got = read_safetensors(&out.join("model.safetensors"));
+    let (dt, shape, bytes) = &got["model.position_ids"];
+    assert_eq!((dt.as_str(), shape.as_slice()), ("I64", &[4usize][..]));
+    assert_eq!(
+        bytes,
+        &(0..4i64).flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
+    );
+    assert_eq!(got["model.norm.weight"].0, "BF16");
+}

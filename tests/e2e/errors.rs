@@ -266,3 +266,36 @@ fn non_empty_output_needs_force() {
     ]));
     assert!(!out.join("keep.txt").exists() && out.join("model.safetensors").exists());
 }
+
+#[test]
+fn method_that_needs_a_base_without_one() {
+    let c = Case::new();
+    c.model("a", 2, 0.1);
+    c.model("b", 2, 0.2);
+    c.fails(
+        "merge_method: ties\nmodels:\n  - model: a\n    parameters: {weight: 1, density: 0.5}\n  - model: b\n    parameters: {weight: 1, density: 0.5}\n",
+        &["`ties` needs a `base_model`"],
+    );
+    // a slices merge must list the base among each slice's sources
+    c.fails(
+        "merge_method: task_arithmetic\nbase_model: a\nslices:\n  - sources:\n      - model: b\n        layer_range: [0, 2]\n        parameters: {weight: 1}\n",
+        &["base model `a` must be listed"],
+    );
+}
+
+#[test]
+fn base_model_on_a_method_without_one_only_warns() {
+    let c = Case::new();
+    c.model("a", 2, 0.1);
+    c.model("b", 2, 0.2);
+    let r = recipe(
+        c.p(),
+        "merge_method: linear\nbase_model: b\nmodels:\n  - model: a\n    parameters: {weight: 1}\n",
+    );
+    let o = run(&[
+        "run",
+        r.to_str().unwrap(),
+        c.p().join("out").to_str().unwrap(),
+    ]);
+    assert!(assert_ok(&o).contains("is not used by merge method `linear`"));
+}

@@ -250,3 +250,57 @@ fn inspect_reads_gguf_files() {
         "{s}"
     );
 }
+
+#[test]
+fn nan_or_inf_in_a_tensor_is_an_error_naming_it() {
+    let fx = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("gguf-llama");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(fx.join("gguf/model/gguf-llama")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    // poison one element of one tensor with NaN
+    let st = model.join("model.safetensors");
+    let mut b = std::fs::read(&st).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let name = "model.layers.0.mlp.up_proj.weight";
+    assert_eq!(h[name]["dtype"], "F32");
+    let start = 8 + n + h[name]["data_offsets"][0].as_u64().unwrap() as usize + 4 * 10;
+    b[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&st, b).unwrap();
+    let out = tmp.path().join("m.gguf");
+    let o = run(&[
+        "quantize",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-t",
+        "Q8_0",
+        "--pre",
+        "gpt-2",
+    ]);
+    assert_fails(&o, &[name, "NaN"]);
+    assert!(!out.exists());
+    let r = recipe(
+        tmp.path(),
+        &format!(
+            "merge_method: passthrough\nmodels:\n  - model: {}\n",
+            model.display()
+        ),
+    );
+    let o = run(&[
+        "run",
+        "-q",
+        "--gguf",
+        "Q4_K_M",
+        "--pre",
+        "gpt-2",
+        r.to_str().unwrap(),
+        tmp.path().join("merged").to_str().unwrap(),
+    ]);
+    assert_fails(&o, &[name, "NaN"]);
+    assert_no_output(tmp.path(), "merged");
+}

@@ -8,6 +8,7 @@ mod determinism;
 mod errors;
 mod gguf_run;
 mod inputs;
+mod lock;
 mod parity;
 mod quantize;
 mod recipes;

@@ -31,7 +31,8 @@ enum Command {
     Plan(PlanArgs),
     /// Lint a recipe without opening any model.
     Check(CheckArgs),
-    /// List the tensors (dtype, shape, size) of a checkpoint folder or file.
+    /// List the tensors (dtype, shape, size) of a checkpoint folder or file, or the metadata and
+    /// tensors of a GGUF file.
     Inspect(InspectArgs),
     /// Rewrite a checkpoint (PyTorch .bin, sharded or not, or `model+lora`) as safetensors with
     /// the same tensor names, with its config and tokenizer files.
@@ -128,8 +129,8 @@ struct RunArgs {
     /// Worker threads (default: all cores).
     #[arg(long, short = 'j', env = "SMELT_THREADS", default_value_t = 0)]
     threads: usize,
-    /// Working memory the merge may hold at once, e.g. 1GB (a single tensor larger than this
-    /// still runs, alone).
+    /// Working memory the merge may hold at once, e.g. 1GiB, 512MB. Tensors larger than this are
+    /// streamed in chunks by the methods that can; otherwise such a tensor runs alone.
     #[arg(long, default_value = "1GiB", value_parser = parse_budget)]
     memory_budget: u64,
     /// Copy the base (or first) model's tokenizer files (default).
@@ -153,8 +154,9 @@ struct RunArgs {
     /// Refuse to merge unless the recipe, seed and every input file equal this lock's.
     #[arg(long, value_name = "LOCK")]
     locked: Option<PathBuf>,
-    /// Quantize to GGUF in the same pass: OUT gets OUT-NAME-TYPE.gguf (e.g. Q4_K_M, Q8_0, F16)
-    /// with the config, tokenizer and model card, and no safetensors unless --keep-safetensors.
+    /// Quantize to GGUF in the same pass: OUT gets NAME-TYPE.gguf (NAME: OUT's folder name; TYPE
+    /// e.g. Q4_K_M, Q8_0, F16) with the config, tokenizer and model card, and no safetensors
+    /// unless --keep-safetensors.
     #[arg(long, value_name = "TYPE")]
     gguf: Option<String>,
     /// With --gguf: also write the safetensors shards.

@@ -338,6 +338,52 @@ pub fn all() -> &'static [&'static dyn MergeMethod] {
     ]
 }
 
+/// The README's table of methods: parameters (with defaults) and base use, generated from the
+/// methods' own descriptions (a test keeps README.md in sync with it).
+pub fn markdown_table() -> String {
+    let fmt = |p: &ParamSpec| -> String {
+        let d = match (p.required, p.default, p.kind) {
+            (true, _, _) => "required".to_string(),
+            (false, Some(v), Kind::Bool) => (v != 0.0).to_string(),
+            (false, Some(v), Kind::Number) if v != 0.0 && v.abs() < 1e-3 => format!("{v:e}"),
+            (false, Some(v), Kind::Number) => format!("{v}"),
+            (false, None, _) => "optional".to_string(),
+        };
+        format!("`{}` ({d})", p.name)
+    };
+    let mut s = String::from(
+        "| method | per-model parameters | global parameters | base model |\n| --- | --- | --- | --- |\n",
+    );
+    for m in all() {
+        let i = m.info();
+        let list = |scope| {
+            let v: Vec<String> = i
+                .params
+                .iter()
+                .filter(|p| p.scope == scope)
+                .map(fmt)
+                .collect();
+            if v.is_empty() {
+                "–".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let base = match i.base {
+            BaseUse::None => "not used",
+            BaseUse::Optional => "optional",
+            BaseUse::Required => "required",
+        };
+        s.push_str(&format!(
+            "| `{}` | {} | {} | {base} |\n",
+            i.name,
+            list(Scope::PerModel),
+            list(Scope::Global)
+        ));
+    }
+    s
+}
+
 /// The method registered under `name`.
 pub fn lookup(name: &str) -> Option<&'static dyn MergeMethod> {
     all().iter().copied().find(|m| m.info().name == name)
@@ -353,6 +399,21 @@ pub fn det_sum(n: usize, f: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f6
         .map(|c| f(c * REDUCE_CHUNK..((c + 1) * REDUCE_CHUNK).min(n)))
         .collect();
     parts.into_iter().sum()
+}
+
+#[cfg(test)]
+mod readme_tests {
+    #[test]
+    fn readme_lists_every_method_with_its_parameters() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let table = super::markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's method table is out of date; it should read:\n{table}"
+        );
+    }
 }
 
 #[cfg(test)]
