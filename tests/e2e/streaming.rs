@@ -45,3 +45,31 @@ fn memory_budget_does_not_change_a_single_bit() {
         assert_eq!(whole, streamed, "{recipe}: streamed merge differs");
     }
 }
+
+/// The same through the GGUF writer (its chunks follow the quantisation rows).
+#[test]
+fn memory_budget_does_not_change_a_gguf() {
+    let dir = fixtures().join("recipes");
+    let tmp = tempfile::tempdir().unwrap();
+    for recipe in ["ties", "della"] {
+        let merge = |tag: &str, budget: &str| {
+            let out = tmp.path().join(format!("{recipe}-{tag}")).join("out");
+            let file = format!("{recipe}.yml");
+            let o = smelt()
+                .current_dir(&dir)
+                .args(["run", "--quiet", "--threads", "2", "--gguf", "Q8_0"])
+                .args(["--pre", "gpt-2", "--memory-budget", budget, &file])
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert_ok(&o);
+            dir_hashes(&out)
+        };
+        let whole = merge("whole", "1GiB");
+        assert!(
+            whole.iter().any(|(n, _)| n.ends_with(".gguf")),
+            "{recipe}: no GGUF written: {whole:?}"
+        );
+        assert_eq!(whole, merge("streamed", "64KiB"), "{recipe}: GGUF differs");
+    }
+}
