@@ -147,9 +147,12 @@ fn whole_cost(t: &PlannedTensor) -> u64 {
 /// Estimated working bytes of one tensor when merged under `budget`.
 pub fn tensor_cost_under(plan: &Plan, t: &PlannedTensor, threads: usize, budget: u64) -> u64 {
     if streams(plan, t, threads, budget) {
-        // chunks in flight: a buffer per input, the output and the method's own per-chunk state
+        // chunks in flight: a buffer per input, the output and the method's own per-chunk
+        // state, plus the read windows of the geometric methods (one per input and thread)
         let live = (CHUNK * threads) as u64;
-        live * 4 * (t.sources.len() as u64 + 4)
+        let windows =
+            (crate::methods::vecmath::WINDOW * threads) as u64 * 4 * t.sources.len() as u64;
+        live * 4 * (t.sources.len() as u64 + 4) + windows
     } else {
         tensor_cost(plan, t, threads)
     }
