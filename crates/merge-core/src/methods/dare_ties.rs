@@ -3,59 +3,18 @@
 //! The computation is the shared engine in [`super::task_family`] (mergekit spec §2.6); this
 //! file only configures it.
 
-use super::task_family::{self, Family, Sparsification};
-use super::{BaseUse, ChunkSink, ChunkSource, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
-
-/// The `dare_ties` method.
-pub struct DareTies;
-
-const GLOBAL: [ParamSpec; 4] = task_family::global_params(false, true);
-
-static INFO: MethodInfo = MethodInfo {
-    name: "dare_ties",
-    pretty_name: "DARE TIES",
-    url: Some("https://arxiv.org/abs/2311.03099"),
-    params: &[
-        ParamSpec::model_required("weight"),
-        ParamSpec::model("density", 1.0),
-        GLOBAL[0],
-        GLOBAL[1],
-        GLOBAL[2],
-        GLOBAL[3],
-    ],
-    base: BaseUse::Required,
-    rectify_embeddings: true,
-    result_dtype: None,
-    elementwise: false,
-};
-
-static FAMILY: Family = Family {
-    sparsification: Sparsification::Random,
-    consensus: true,
-    default_normalize: false,
-    default_rescale: true,
-};
-
-impl MergeMethod for DareTies {
-    fn info(&self) -> &'static MethodInfo {
-        &INFO
-    }
-
-    fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
-        task_family::merge(&FAMILY, ctx, out)
-    }
-
-    fn can_stream(&self) -> bool {
-        true
-    }
-
-    fn merge_streaming(
-        &self,
-        ctx: &MergeCtx<'_>,
-        src: &dyn ChunkSource,
-        out: &dyn ChunkSink,
-    ) -> Result<(), String> {
-        task_family::merge_streaming(&FAMILY, ctx, src, out)
+super::task_family::family_method! {
+    /// The `dare_ties` method.
+    DareTies {
+        name: "dare_ties",
+        pretty_name: "DARE TIES",
+        url: "https://arxiv.org/abs/2311.03099",
+        extra_params: [],
+        sparsification: Random,
+        consensus: true,
+        normalize: false,
+        rescale: true,
+        elementwise: false,
     }
 }
 

@@ -3,60 +3,18 @@
 //! The computation is the shared engine in [`super::task_family`] (mergekit spec §2.6); this
 //! file only configures it.
 
-use super::task_family::{self, Family, Sparsification};
-use super::{BaseUse, ChunkSink, ChunkSource, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
-
-/// The `della_linear` method.
-pub struct DellaLinear;
-
-const GLOBAL: [ParamSpec; 4] = task_family::global_params(false, true);
-
-static INFO: MethodInfo = MethodInfo {
-    name: "della_linear",
-    pretty_name: "Linear DELLA",
-    url: Some("https://arxiv.org/abs/2406.11617"),
-    params: &[
-        ParamSpec::model_required("weight"),
-        ParamSpec::model("density", 1.0),
-        ParamSpec::model("epsilon", 0.15),
-        GLOBAL[0],
-        GLOBAL[1],
-        GLOBAL[2],
-        GLOBAL[3],
-    ],
-    base: BaseUse::Required,
-    rectify_embeddings: true,
-    result_dtype: None,
-    elementwise: false,
-};
-
-static FAMILY: Family = Family {
-    sparsification: Sparsification::DellaMagprune,
-    consensus: false,
-    default_normalize: false,
-    default_rescale: true,
-};
-
-impl MergeMethod for DellaLinear {
-    fn info(&self) -> &'static MethodInfo {
-        &INFO
-    }
-
-    fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
-        task_family::merge(&FAMILY, ctx, out)
-    }
-
-    fn can_stream(&self) -> bool {
-        true
-    }
-
-    fn merge_streaming(
-        &self,
-        ctx: &MergeCtx<'_>,
-        src: &dyn ChunkSource,
-        out: &dyn ChunkSink,
-    ) -> Result<(), String> {
-        task_family::merge_streaming(&FAMILY, ctx, src, out)
+super::task_family::family_method! {
+    /// The `della_linear` method.
+    DellaLinear {
+        name: "della_linear",
+        pretty_name: "Linear DELLA",
+        url: "https://arxiv.org/abs/2406.11617",
+        extra_params: [super::ParamSpec::model("epsilon", 0.15)],
+        sparsification: DellaMagprune,
+        consensus: false,
+        normalize: false,
+        rescale: true,
+        elementwise: false,
     }
 }
 

@@ -3,46 +3,18 @@
 //! The computation is the shared engine in [`super::task_family`] (mergekit spec §2.6); this
 //! file only configures it.
 
-use super::task_family::{self, Family, Sparsification};
-use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
-
-/// The `task_arithmetic` method.
-pub struct TaskArithmetic;
-
-const GLOBAL: [ParamSpec; 4] = task_family::global_params(false, false);
-
-static INFO: MethodInfo = MethodInfo {
-    name: "task_arithmetic",
-    pretty_name: "Task Arithmetic",
-    url: Some("https://arxiv.org/abs/2212.04089"),
-    params: &[
-        ParamSpec::model_required("weight"),
-        ParamSpec::model("density", 1.0),
-        GLOBAL[0],
-        GLOBAL[1],
-        GLOBAL[2],
-        GLOBAL[3],
-    ],
-    base: BaseUse::Required,
-    rectify_embeddings: true,
-    result_dtype: None,
-    elementwise: true,
-};
-
-static FAMILY: Family = Family {
-    sparsification: Sparsification::None,
-    consensus: false,
-    default_normalize: false,
-    default_rescale: false,
-};
-
-impl MergeMethod for TaskArithmetic {
-    fn info(&self) -> &'static MethodInfo {
-        &INFO
-    }
-
-    fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
-        task_family::merge(&FAMILY, ctx, out)
+super::task_family::family_method! {
+    /// The `task_arithmetic` method.
+    TaskArithmetic {
+        name: "task_arithmetic",
+        pretty_name: "Task Arithmetic",
+        url: "https://arxiv.org/abs/2212.04089",
+        extra_params: [],
+        sparsification: None,
+        consensus: false,
+        normalize: false,
+        rescale: false,
+        elementwise: true,
     }
 }
 

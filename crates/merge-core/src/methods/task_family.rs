@@ -430,6 +430,84 @@ fn stream_with<R: Round>(
     })
 }
 
+/// Defines one method of the family: its unit struct, its [`MethodInfo`] (`weight` and
+/// `density` per model, any extra per-model parameters, then [`global_params`] with the
+/// method's defaults) and its [`MergeMethod`] impl over this engine, in-memory and streaming.
+/// Each method keeps a file of its own (its docs and tests); only this wiring is shared.
+macro_rules! family_method {
+    (
+        $(#[$meta:meta])*
+        $ty:ident {
+            name: $name:literal,
+            pretty_name: $pretty:literal,
+            url: $url:literal,
+            extra_params: [$($extra:expr),* $(,)?],
+            sparsification: $sp:ident,
+            consensus: $consensus:literal,
+            normalize: $normalize:literal,
+            rescale: $rescale:literal,
+            elementwise: $elementwise:literal $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $ty;
+
+        const GLOBAL: [$crate::methods::ParamSpec; 4] =
+            $crate::methods::task_family::global_params($normalize, $rescale);
+
+        static INFO: $crate::methods::MethodInfo = $crate::methods::MethodInfo {
+            name: $name,
+            pretty_name: $pretty,
+            url: Some($url),
+            params: &[
+                $crate::methods::ParamSpec::model_required("weight"),
+                $crate::methods::ParamSpec::model("density", 1.0),
+                $($extra,)*
+                GLOBAL[0],
+                GLOBAL[1],
+                GLOBAL[2],
+                GLOBAL[3],
+            ],
+            base: $crate::methods::BaseUse::Required,
+            rectify_embeddings: true,
+            result_dtype: None,
+            elementwise: $elementwise,
+        };
+
+        static FAMILY: $crate::methods::task_family::Family = $crate::methods::task_family::Family {
+            sparsification: $crate::methods::task_family::Sparsification::$sp,
+            consensus: $consensus,
+            default_normalize: $normalize,
+            default_rescale: $rescale,
+        };
+
+        impl $crate::methods::MergeMethod for $ty {
+            fn info(&self) -> &'static $crate::methods::MethodInfo {
+                &INFO
+            }
+
+            fn merge(&self, ctx: &$crate::methods::MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
+                $crate::methods::task_family::merge(&FAMILY, ctx, out)
+            }
+
+            fn can_stream(&self) -> bool {
+                // elementwise members stream chunk by chunk through `merge` already
+                !$elementwise
+            }
+
+            fn merge_streaming(
+                &self,
+                ctx: &$crate::methods::MergeCtx<'_>,
+                src: &dyn $crate::methods::ChunkSource,
+                out: &dyn $crate::methods::ChunkSink,
+            ) -> Result<(), String> {
+                $crate::methods::task_family::merge_streaming(&FAMILY, ctx, src, out)
+            }
+        }
+    };
+}
+pub(crate) use family_method;
+
 #[cfg(test)]
 pub(crate) mod tests {
     //! Engine tests through the family members' worked examples live in the method files;
