@@ -25,6 +25,7 @@ const BIT_EXACT: &[&str] = &[
     "nuslerp_base",
     "slerp_gradient_bf16",
     "slerp_t",
+    "ties",
 ];
 
 /// Whether python3 with numpy is available; CI requires it (SMELT_REQUIRE_PY_REFS=1).
