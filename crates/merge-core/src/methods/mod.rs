@@ -421,14 +421,16 @@ pub(crate) mod testutil {
     //! Helpers for kernel unit tests.
     use super::*;
 
-    /// Runs `method` on whole tensors given as `(values, is_base, per-model params)`.
-    pub fn run(
-        method: &dyn MergeMethod,
+    /// Calls `f` with the context of a tensor of `shape` over `inputs` given as
+    /// `(values, is_base, per-model params)` (an embedding when `is_embed`).
+    pub fn with_ctx<R>(
         inputs: &[(&[f32], bool, ParamValues)],
-        global: ParamValues,
+        shape: &[usize],
+        global: &ParamValues,
         math: DType,
-    ) -> Result<Vec<f32>, String> {
-        let n = inputs.first().map(|i| i.0.len()).unwrap_or(0);
+        is_embed: bool,
+        f: impl FnOnce(&MergeCtx<'_>) -> R,
+    ) -> R {
         let ins: Vec<Input> = inputs
             .iter()
             .enumerate()
@@ -439,20 +441,47 @@ pub(crate) mod testutil {
                 model: ["m0", "m1", "m2", "m3", "m4"][k.min(4)],
             })
             .collect();
-        let shape = [n];
-        let ctx = MergeCtx {
-            tensor: "model.layers.0.mlp.up_proj.weight",
-            shape: &shape,
+        f(&MergeCtx {
+            tensor: if is_embed {
+                "model.embed_tokens.weight"
+            } else {
+                "model.layers.0.mlp.up_proj.weight"
+            },
+            shape,
             offset: 0,
             inputs: &ins,
-            global: &global,
+            global,
             math,
             seed: 42,
-            is_embed: false,
-        };
+            is_embed,
+        })
+    }
+
+    /// Runs `method` on whole tensors of `shape` given as `(values, is_base, params)`.
+    pub fn run_shaped(
+        method: &dyn MergeMethod,
+        inputs: &[(&[f32], bool, ParamValues)],
+        shape: &[usize],
+        global: ParamValues,
+        math: DType,
+    ) -> Result<Vec<f32>, String> {
+        let n: usize = shape.iter().product();
         let mut out = vec![0.0; n];
-        method.merge(&ctx, &mut out)?;
+        with_ctx(inputs, shape, &global, math, false, |ctx| {
+            method.merge(ctx, &mut out)
+        })?;
         Ok(out)
+    }
+
+    /// Runs `method` on whole 1-D tensors given as `(values, is_base, per-model params)`.
+    pub fn run(
+        method: &dyn MergeMethod,
+        inputs: &[(&[f32], bool, ParamValues)],
+        global: ParamValues,
+        math: DType,
+    ) -> Result<Vec<f32>, String> {
+        let n = inputs.first().map(|i| i.0.len()).unwrap_or(0);
+        run_shaped(method, inputs, &[n], global, math)
     }
 
     /// A [`ChunkSource`] over whole in-memory inputs.
@@ -521,33 +550,14 @@ pub(crate) mod testutil {
     ) -> Vec<f32> {
         assert!(method.can_stream(), "{}", method.info().name);
         let n: usize = shape.iter().product();
-        let ins: Vec<Input> = inputs
-            .iter()
-            .enumerate()
-            .map(|(k, (d, b, p))| Input {
-                data: d,
-                is_base: *b,
-                params: p,
-                model: ["m0", "m1", "m2", "m3", "m4"][k.min(4)],
-            })
-            .collect();
-        let ctx = MergeCtx {
-            tensor: "model.embed_tokens.weight",
-            shape,
-            offset: 0,
-            inputs: &ins,
-            global: &global,
-            math,
-            seed: 42,
-            is_embed: true,
-        };
         let mut want = vec![0.0; n];
-        method.merge(&ctx, &mut want).unwrap();
-        let empty: Vec<Input> = ins.iter().map(|i| Input { data: &[], ..*i }).collect();
-        let sctx = MergeCtx {
-            inputs: &empty,
-            ..ctx
-        };
+        with_ctx(inputs, shape, &global, math, true, |ctx| {
+            method.merge(ctx, &mut want).unwrap();
+        });
+        let empty: Vec<(&[f32], bool, ParamValues)> = inputs
+            .iter()
+            .map(|(_, b, p)| (&[][..], *b, p.clone()))
+            .collect();
         for threads in [1, 4] {
             let src = VecSource {
                 data: inputs.iter().map(|i| i.0).collect(),
@@ -561,7 +571,11 @@ pub(crate) mod testutil {
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(|| method.merge_streaming(&sctx, &src, &sink))
+                .install(|| {
+                    with_ctx(&empty, shape, &global, math, true, |ctx| {
+                        method.merge_streaming(ctx, &src, &sink)
+                    })
+                })
                 .unwrap();
             let (got, written) = sink.out.into_inner().unwrap();
             assert!(written.iter().all(|w| *w), "not every element written");

@@ -450,43 +450,9 @@ impl Lines {
 
 #[cfg(test)]
 pub(crate) mod testutil {
-    //! Test helper: runs a method on inputs of a given shape.
-    use super::super::{Input, MergeCtx, MergeMethod, ParamValues};
-    use crate::dtype::DType;
+    //! Test helpers: running a method on inputs of a given shape, comparing with tolerance.
 
-    /// Runs `method` on whole tensors of `shape` given as `(values, is_base, params)`.
-    pub fn run_shaped(
-        method: &dyn MergeMethod,
-        inputs: &[(&[f32], bool, ParamValues)],
-        shape: &[usize],
-        global: ParamValues,
-        math: DType,
-    ) -> Result<Vec<f32>, String> {
-        let n: usize = shape.iter().product();
-        let ins: Vec<Input> = inputs
-            .iter()
-            .enumerate()
-            .map(|(k, (d, b, p))| Input {
-                data: d,
-                is_base: *b,
-                params: p,
-                model: ["m0", "m1", "m2", "m3", "m4"][k.min(4)],
-            })
-            .collect();
-        let ctx = MergeCtx {
-            tensor: "model.layers.0.mlp.up_proj.weight",
-            shape,
-            offset: 0,
-            inputs: &ins,
-            global: &global,
-            math,
-            seed: 42,
-            is_embed: false,
-        };
-        let mut out = vec![0.0; n];
-        method.merge(&ctx, &mut out)?;
-        Ok(out)
-    }
+    pub use crate::methods::testutil::run_shaped;
 
     /// Asserts that `got` and `want` agree to `tol` (absolute) element by element.
     pub fn assert_close(got: &[f32], want: &[f64], tol: f64) {
