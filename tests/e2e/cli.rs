@@ -215,6 +215,13 @@ fn hub_ids_resolve_offline_in_the_local_cache() {
         read_safetensors(&out.join("model.safetensors")),
         read_safetensors(&fx.join("models/tiny-llama/ft1/model.safetensors"))
     );
+    let o = smelt()
+        .env("HF_HUB_CACHE", tmp.path().join("hub"))
+        .args(["inspect", "tiny-org/tiny-llama"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(stdout(&o).contains("39 tensors"), "{}", stdout(&o));
     // a revision that is not in the cache: the error says where smelt looked
     let r = recipe(
         tmp.path(),
@@ -297,4 +304,25 @@ fn non_float_tensors_pass_through_from_a_single_source() {
         &(0..4i64).flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
     );
     assert_eq!(got["model.norm.weight"].0, "BF16");
+}
+
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    use std::io::Read;
+    // enough tensors that the listing overflows the pipe's buffer
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("deep");
+    let ts = tiny_llama(&d, 300, 8, 16, 0.1);
+    save(&d, &ts);
+    let mut child = smelt()
+        .args(["inspect", d.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // the reader is gone (like `| head -c 16`)
+    let o = child.wait_with_output().unwrap();
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }

@@ -87,7 +87,11 @@ pub fn inspect(path: &Path) -> Result<()> {
     {
         return inspect_gguf(path);
     }
-    let ck = Checkpoint::open(path, &path.display().to_string())?;
+    // a local path, else `org/name[@revision]` in the local Hugging Face cache
+    let reference = path.to_string_lossy().into_owned();
+    let r = merge_core::recipe::ModelRef::parse(&reference).map_err(anyhow::Error::msg)?;
+    let resolved = merge_core::plan::resolve_model(&r, Path::new("."))?;
+    let ck = Checkpoint::open(&resolved, &reference)?;
     println!(
         "{}: {} tensors in {} file(s)",
         path.display(),

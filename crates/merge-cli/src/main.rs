@@ -266,6 +266,12 @@ fn parse_budget(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    // Behave like other Unix tools when the reader of our output goes away (`smelt inspect
+    // ... | head`): end quietly on SIGPIPE instead of panicking on a failed print.
+    // SAFETY: called first thing, before any other thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
