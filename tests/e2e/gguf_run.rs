@@ -13,6 +13,16 @@ fn sha(p: &Path) -> String {
     merge_core::lock::sha256_file(p).unwrap()
 }
 
+/// Merges the fixture recipe `linear_weighted` straight into a GGUF of type `ty` in `out`
+/// (the fixtures' BPE tokenizer needs `--pre gpt-2`), with `extra` flags; asserts success.
+fn merge_linear_to_gguf(ty: &str, out: &Path, extra: &[&str]) {
+    let recipe = fixtures().join("recipes/linear_weighted.yml");
+    let mut args = vec!["run", "-q", "--gguf", ty, "--pre", "gpt-2"];
+    args.extend_from_slice(extra);
+    args.extend([recipe.to_str().unwrap(), out.to_str().unwrap()]);
+    assert_ok(&run(&args));
+}
+
 #[test]
 fn one_pass_gguf_equals_merge_then_quantize() {
     let fx = fixtures();
@@ -81,17 +91,7 @@ fn keep_safetensors_writes_both() {
     let fx = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m");
-    assert_ok(&run(&[
-        "run",
-        "-q",
-        "--gguf",
-        "q8_0",
-        "--pre",
-        "gpt-2",
-        "--keep-safetensors",
-        fx.join("recipes/linear_weighted.yml").to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]));
+    merge_linear_to_gguf("q8_0", &out, &["--keep-safetensors"]);
     assert!(out.join("m-Q8_0.gguf").is_file() && out.join("model.safetensors").is_file());
     let plain = tmp.path().join("plain");
     assert_ok(&run(&[
@@ -162,20 +162,10 @@ fn gguf_python_reader_reads_smelts_file() {
         eprintln!("note: python3 with gguf and numpy not found; GGUF reader cross-check skipped");
         return;
     }
-    let fx = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     for ty in ["Q4_K_M", "Q5_0", "F16"] {
         let out = tmp.path().join(format!("m{ty}"));
-        assert_ok(&run(&[
-            "run",
-            "-q",
-            "--gguf",
-            ty,
-            "--pre",
-            "gpt-2",
-            fx.join("recipes/linear_weighted.yml").to_str().unwrap(),
-            out.to_str().unwrap(),
-        ]));
+        merge_linear_to_gguf(ty, &out, &[]);
         let file = out.join(format!("m{ty}-{ty}.gguf"));
         let json = tmp.path().join(format!("{ty}.json"));
         let o = Command::new("python3")
@@ -223,19 +213,9 @@ fn gguf_python_reader_reads_smelts_file() {
 
 #[test]
 fn inspect_reads_gguf_files() {
-    let fx = fixtures();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m");
-    assert_ok(&run(&[
-        "run",
-        "-q",
-        "--gguf",
-        "Q4_K_M",
-        "--pre",
-        "gpt-2",
-        fx.join("recipes/linear_weighted.yml").to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]));
+    merge_linear_to_gguf("Q4_K_M", &out, &[]);
     let o = run(&["inspect", out.join("m-Q4_K_M.gguf").to_str().unwrap()]);
     assert_ok(&o);
     let s = stdout(&o);

@@ -427,12 +427,9 @@ pub fn tokenizer_metadata(
 
 type SpmVocab = (Vec<String>, Vec<f32>, Vec<i32>);
 
-fn spm_vocab(
-    sp: &SpModel,
-    vocab_size: usize,
-    dir: &Path,
-    tokenizer_config: Option<&Value>,
-) -> GgufResult<SpmVocab> {
+/// The model's pieces as tokens, scores and token types, padded to `vocab_size` with
+/// `[PADi]` entries (score -10000, UNUSED) as the converter pads.
+fn spm_pieces(sp: &SpModel, vocab_size: usize) -> SpmVocab {
     let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
     let mut scores = vec![-10000.0f32; vocab_size];
     let mut types = vec![token_type::UNUSED; vocab_size];
@@ -447,6 +444,16 @@ fn spm_vocab(
             _ => token_type::NORMAL,
         };
     }
+    (tokens, scores, types)
+}
+
+fn spm_vocab(
+    sp: &SpModel,
+    vocab_size: usize,
+    dir: &Path,
+    tokenizer_config: Option<&Value>,
+) -> GgufResult<SpmVocab> {
+    let (mut tokens, mut scores, mut types) = spm_pieces(sp, vocab_size);
     let added_path = dir.join("added_tokens.json");
     if let Some(added) = read_json(&added_path)? {
         let obj = added
@@ -507,20 +514,7 @@ fn phi3_vocab(
     tokenizer_config: Option<&Value>,
     tokenizer_json: Option<&Value>,
 ) -> SpmVocab {
-    let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
-    let mut scores = vec![-10000.0f32; vocab_size];
-    let mut types = vec![token_type::UNUSED; vocab_size];
-    for (id, p) in sp.pieces.iter().enumerate().take(vocab_size) {
-        tokens[id] = p.piece.clone();
-        scores[id] = p.score;
-        types[id] = match p.kind {
-            2 => token_type::UNKNOWN,
-            3 => token_type::CONTROL,
-            5 => token_type::UNUSED,
-            6 => token_type::BYTE,
-            _ => token_type::NORMAL,
-        };
-    }
+    let (mut tokens, mut scores, mut types) = spm_pieces(sp, vocab_size);
     let mut overlay = |id: usize, content: &str, special: bool| {
         if id < vocab_size {
             tokens[id] = content.to_string();
