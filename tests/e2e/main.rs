@@ -5,6 +5,7 @@
 mod batch;
 mod cli;
 mod determinism;
+mod digests;
 mod errors;
 mod gguf_run;
 mod inputs;

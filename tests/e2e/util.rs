@@ -94,6 +94,12 @@ pub fn dir_hashes(dir: &Path) -> Vec<(String, String)> {
     v
 }
 
+/// sha256 (hex) of one file.
+pub fn sha256_file(path: &Path) -> String {
+    let h = Sha256::digest(std::fs::read(path).unwrap());
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One tensor of a synthetic checkpoint.
 pub struct T {
     pub name: String,
