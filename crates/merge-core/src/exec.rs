@@ -40,6 +40,22 @@ pub fn scratch(len: usize) -> Vec<f32> {
     v
 }
 
+/// A buffer of `len` values with unspecified (but initialised) contents, for a caller that
+/// overwrites every element: like [`scratch`] without the zeroing.
+pub fn scratch_for_overwrite(len: usize) -> Vec<f32> {
+    let mut v = if len <= CHUNK {
+        POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if v.len() >= len {
+        v.truncate(len);
+    } else {
+        v.resize(len, 0.0);
+    }
+    v
+}
+
 /// Returns a buffer from [`scratch`] for reuse.
 pub fn recycle(v: Vec<f32>) {
     if v.capacity() <= CHUNK {
@@ -411,7 +427,8 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink, stream: bool) -> Re
         let len = range.len();
         let read_one =
             |si: usize, s: &crate::plan::PlannedSource, info: &TensorInfo| -> Result<Vec<f32>> {
-                let mut b = scratch(len);
+                // every element is written below (a read, a remap or a crop)
+                let mut b = scratch_for_overwrite(len);
                 let whole = plan.models[s.model].checkpoint.has_delta(&s.tensor);
                 if let Some(map) = &s.rows {
                     crate::vocab::read_remapped(plan, t, si, map, &mut b)?;

@@ -378,7 +378,11 @@ pub fn run(
         let size = std::fs::metadata(dir.path().join(&file))
             .map_err(|e| Error::io(dir.path().join(&file), e))?
             .len();
-        files.push(WrittenFile { name: file, size });
+        files.push(WrittenFile {
+            name: file,
+            size,
+            sha256: None,
+        });
     }
     if !opts.copy_tokenizer && opts.gguf.is_some() && plan.tokenizer.is_none() {
         // the tokenizer was needed for the GGUF metadata only
@@ -396,10 +400,14 @@ pub fn run(
         .map(|f| {
             let p = dir.path().join(&f.name);
             let size = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
+            let sha256 = match &f.sha256 {
+                Some(h) => h.clone(),
+                None => lock::sha256_file(&p)?,
+            };
             Ok(FileRecord {
                 name: f.name.clone(),
                 size,
-                sha256: lock::sha256_file(&p)?,
+                sha256,
             })
         })
         .collect::<Result<_>>()?;

@@ -136,6 +136,7 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<WrittenFile> {
     Ok(WrittenFile {
         name: name.to_string(),
         size: bytes.len() as u64,
+        sha256: Some(crate::lock::sha256_hex(bytes)),
     })
 }
 

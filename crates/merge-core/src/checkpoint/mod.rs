@@ -323,16 +323,35 @@ impl Checkpoint {
         // map serves if the read fails
         let f = &self.files[t.file];
         let off = (t.range.start + elems.start * sz) as u64;
-        if sz <= 4 && t.dtype != crate::dtype::DType::F64 {
-            // read into `out`'s own memory, then widen in place (no allocation)
-            let n = elems.len();
+        let n = elems.len();
+        if sz == 4 {
+            // read into `out`'s own memory, then fix the byte order in place (no copy)
             // SAFETY: every bit pattern is a valid f32, and the byte view covers exactly the
             // memory of `out`, which we hold mutably.
             let bytes =
                 unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n * 4) };
-            if std::os::unix::fs::FileExt::read_exact_at(&f.file, &mut bytes[..n * sz], off).is_ok()
-            {
+            if std::os::unix::fs::FileExt::read_exact_at(&f.file, bytes, off).is_ok() {
                 t.dtype.widen_in_place(out);
+                return;
+            }
+        } else if sz == 2 {
+            // into this thread's byte buffer, then one decoding pass into `out`
+            thread_local! {
+                static RAW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            }
+            let done = RAW.with(|r| {
+                let mut raw = r.borrow_mut();
+                raw.resize(n * 2, 0);
+                let ok = std::os::unix::fs::FileExt::read_exact_at(&f.file, &mut raw, off).is_ok();
+                if ok {
+                    t.dtype.decode_f32(&raw, out);
+                }
+                if raw.capacity() > 1 << 20 {
+                    *raw = Vec::new();
+                }
+                ok
+            });
+            if done {
                 return;
             }
         }

@@ -3,13 +3,15 @@
 //! Matches mergekit's numbers bit for bit on f32 inputs: PyTorch evaluates
 //! `(weights * tensors).sum(dim=0)` as a fused multiply-add chain in source order,
 //! `acc = fma(wᵢ, xᵢ, acc)` starting from 0 (checked against mergekit's own output, where a
-//! separately rounded product differs in ~20% of elements). We evaluate each step exactly in
-//! f64 (the product of two f32 is exact there) and round to f32, which equals the fused result
-//! except for double-rounding ties too rare to matter. Weights are first rounded to the math
+//! separately rounded product differs in ~20% of elements). We use the CPU's fused
+//! multiply-add ([`fma_pass`]; a correctly rounded software FMA where there is none), so each
+//! step is rounded once, as PyTorch's is. Weights are first rounded to the math
 //! dtype; the sum is rounded to it once, then divided by Σ wᵢ (summed the same way) when
 //! `normalize`. A base model, if set, is an ordinary input that needs a weight.
 
+use super::round::{Round, with_round};
 use super::{BaseUse, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use crate::dtype::DType;
 
 /// The linear method.
 pub struct Linear;
@@ -42,25 +44,68 @@ impl MergeMethod for Linear {
             .collect::<Result<_, _>>()?;
         let normalize = ctx.global.flag("normalize", true);
         let divisor = m.round(weights.iter().fold(0.0f32, |a, w| a + w));
-        // model-major, so each pass is a simple loop the compiler vectorises
-        out.fill(0.0);
-        for (inp, w) in ctx.inputs.iter().zip(&weights) {
-            for (o, x) in out.iter_mut().zip(inp.data) {
-                *o = fma(*w, *x, *o);
-            }
+        // model-major, so each pass is a simple loop the compiler vectorises; the chain starts
+        // from +0 (fma(w, x, +0) is not always w·x: -0 becomes +0)
+        for (k, (inp, w)) in ctx.inputs.iter().zip(&weights).enumerate() {
+            fma_pass(*w, inp.data, out, k == 0);
         }
-        for o in out.iter_mut() {
-            let s = m.round(*o);
-            *o = if normalize { m.round(s / divisor) } else { s };
-        }
+        with_round!(m, R => finish::<R>(out, normalize.then_some(divisor)));
         Ok(())
     }
 }
 
-/// `a·b + c` rounded once to f32 (the product of two f32 values is exact in f64).
-#[inline]
-pub fn fma(a: f32, b: f32, c: f32) -> f32 {
-    (a as f64 * b as f64 + c as f64) as f32
+/// The sum rounded to the math dtype, then divided by the weight sum and rounded again.
+fn finish<R: Round>(out: &mut [f32], divisor: Option<f32>) {
+    if R::DTYPE == DType::F16 {
+        // f16 rounds a slice at a time (F16C), not an element at a time
+        R::DTYPE.round_slice(out);
+        if let Some(d) = divisor {
+            out.iter_mut().for_each(|o| *o /= d);
+            R::DTYPE.round_slice(out);
+        }
+        return;
+    }
+    match divisor {
+        Some(d) => out.iter_mut().for_each(|o| *o = R::round(R::round(*o) / d)),
+        None => out.iter_mut().for_each(|o| *o = R::round(*o)),
+    }
+}
+
+/// `acc[i] = fma(w, x[i], acc[i])` for every element (`acc[i]` taken as +0 when `first`):
+/// `w·x[i] + acc[i]` rounded once to f32, with the CPU's fused multiply-add when it has one
+/// (eight lanes at a time), else the correctly rounded software `f32::mul_add`: the same bits
+/// either way.
+pub fn fma_pass(w: f32, x: &[f32], acc: &mut [f32], first: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has FMA and AVX2 (checked above).
+        unsafe { fma_pass_x86(w, x, acc, first) };
+        return;
+    }
+    fma_pass_portable(w, x, acc, first);
+}
+
+#[inline(always)]
+fn fma_pass_portable(w: f32, x: &[f32], acc: &mut [f32], first: bool) {
+    if first {
+        acc.iter_mut()
+            .zip(x)
+            .for_each(|(a, x)| *a = w.mul_add(*x, 0.0));
+    } else {
+        acc.iter_mut()
+            .zip(x)
+            .for_each(|(a, x)| *a = w.mul_add(*x, *a));
+    }
+}
+
+/// [`fma_pass`] compiled for FMA and AVX2 (`mul_add` becomes `vfmadd`).
+///
+/// # Safety
+/// The CPU must support FMA and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma,avx2")]
+unsafe fn fma_pass_x86(w: f32, x: &[f32], acc: &mut [f32], first: bool) {
+    fma_pass_portable(w, x, acc, first);
 }
 
 fn weight_of(i: &Input) -> Result<f64, String> {
@@ -73,7 +118,6 @@ fn weight_of(i: &Input) -> Result<f64, String> {
 mod tests {
     use super::super::testutil::{p, run};
     use super::*;
-    use crate::dtype::DType;
 
     #[test]
     fn weighted_mean() {

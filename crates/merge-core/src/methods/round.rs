@@ -48,16 +48,7 @@ impl Round for F16 {
     }
 }
 
-/// `x` rounded to bf16 (nearest, ties to even) without a data-dependent branch.
-#[inline(always)]
-pub fn round_bf16(x: f32) -> f32 {
-    let b = x.to_bits();
-    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
-    // NaN keeps its sign and high payload and is made quiet, as `half` does
-    let quiet = (b | 0x0040_0000) & 0xffff_0000;
-    let nan = b & 0x7fff_ffff > 0x7f80_0000;
-    f32::from_bits(if nan { quiet } else { rounded })
-}
+pub use crate::dtype::slices::round_bf16;
 
 /// [`DType::round`] with the branch-free bf16 path, for a dtype known only at run time.
 #[inline(always)]

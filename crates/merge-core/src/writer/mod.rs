@@ -2,6 +2,11 @@
 //! known from the plan), then workers write each tensor's bytes at its offset with positional
 //! writes, in any order. Headers carry `{"format":"pt"}` metadata and are space-padded so the
 //! data section starts on an 8-byte boundary, like the official writer.
+//!
+//! Each shard is hashed while it is written ([`hasher`]), so the lock file's digests cost no
+//! read-back at the end.
+
+pub mod hasher;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -10,6 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::exec::TensorSink;
 use crate::plan::{Plan, PlannedTensor};
+use hasher::OrderedHasher;
 
 /// A written output file: name and size in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +24,8 @@ pub struct WrittenFile {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
+    /// sha256 (hex), when it was computed while writing.
+    pub sha256: Option<String>,
 }
 
 /// Builds the header (length prefix included) of a shard holding `tensors` in that order;
@@ -52,7 +60,7 @@ pub fn shard_header(tensors: &[&PlannedTensor]) -> (Vec<u8>, Vec<u64>) {
 /// Writes a plan's shards into a folder.
 pub struct SafetensorsWriter<'a> {
     plan: &'a Plan,
-    files: Vec<(PathBuf, File, u64)>,
+    files: Vec<(PathBuf, File, u64, OrderedHasher)>,
     /// Per tensor: (shard index, absolute byte offset of its data).
     loc: Vec<(usize, u64)>,
 }
@@ -75,19 +83,22 @@ impl<'a> SafetensorsWriter<'a> {
                 .map_err(|e| Error::io(&path, e))?;
             let total = header.len() as u64 + data;
             f.set_len(total).map_err(|e| Error::io(&path, e))?;
-            files.push((path, f, total));
+            let hasher = OrderedHasher::start(&path, total)?;
+            hasher.written(0, header.len() as u64);
+            files.push((path, f, total, hasher));
         }
         Ok(SafetensorsWriter { plan, files, loc })
     }
 
-    /// Flushes every shard to disk and returns the files written.
+    /// Flushes every shard to disk and returns the files written, with their digests.
     pub fn finish(self) -> Result<Vec<WrittenFile>> {
         let mut out = Vec::new();
-        for ((path, f, size), shard) in self.files.into_iter().zip(&self.plan.shards) {
+        for ((path, f, size, hasher), shard) in self.files.into_iter().zip(&self.plan.shards) {
             f.sync_all().map_err(|e| Error::io(&path, e))?;
             out.push(WrittenFile {
                 name: shard.file.clone(),
                 size,
+                sha256: Some(hasher.finish()?),
             });
         }
         Ok(out)
@@ -95,9 +106,11 @@ impl<'a> SafetensorsWriter<'a> {
 
     fn write_at(&self, tensor: usize, byte_offset: u64, bytes: &[u8]) -> Result<()> {
         let (si, base) = self.loc[tensor];
-        let (path, f, _) = &self.files[si];
-        f.write_all_at(bytes, base + byte_offset)
-            .map_err(|e| Error::io(path, e))
+        let (path, f, _, hasher) = &self.files[si];
+        let at = base + byte_offset;
+        f.write_all_at(bytes, at).map_err(|e| Error::io(path, e))?;
+        hasher.written(at, at + bytes.len() as u64);
+        Ok(())
     }
 }
 

@@ -4,7 +4,9 @@
 //! values to that type ([`DType::round`]); output conversion rounds to nearest even, as PyTorch
 //! does, via the `half` crate.
 
-use half::{bf16, f16};
+use half::f16;
+
+pub mod slices;
 
 /// A tensor element type, named as in safetensors headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,7 +141,7 @@ impl DType {
     #[inline]
     pub fn round(self, x: f32) -> f32 {
         match self {
-            DType::BF16 => bf16::from_f32(x).to_f32(),
+            DType::BF16 => slices::round_bf16(x),
             DType::F16 => f16::from_f32(x).to_f32(),
             _ => x,
         }
@@ -147,10 +149,10 @@ impl DType {
 
     /// Rounds every value of `xs` in place to this dtype (see [`DType::round`]).
     pub fn round_slice(self, xs: &mut [f32]) {
-        if matches!(self, DType::BF16 | DType::F16) {
-            for x in xs {
-                *x = self.round(*x);
-            }
+        match self {
+            DType::BF16 => slices::round_bf16_slice(xs),
+            DType::F16 => slices::round_f16_slice(xs),
+            _ => {}
         }
     }
 
@@ -164,16 +166,8 @@ impl DType {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             }
-            DType::F16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-                }
-            }
-            DType::BF16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
-                }
-            }
+            DType::F16 => slices::decode_f16(bytes, out),
+            DType::BF16 => slices::decode_bf16(bytes, out),
             DType::F64 => {
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
                     *o = f64::from_le_bytes(c.try_into().unwrap()) as f32;
@@ -186,29 +180,14 @@ impl DType {
     /// Widens, in place, elements stored as little-endian bytes of this math dtype at the start
     /// of `buf`'s memory (`buf.len()` elements, `buf.len() * self.size()` bytes) into `f32`s.
     pub fn widen_in_place(self, buf: &mut [f32]) {
-        let n = buf.len();
-        let ptr = buf.as_mut_ptr() as *mut u8;
         match self {
             DType::F32 => {
                 for x in buf.iter_mut() {
                     *x = f32::from_bits(u32::from_le(x.to_bits()));
                 }
             }
-            DType::F16 | DType::BF16 => {
-                // back to front: element i's bytes [2i, 2i+2) are read before [4i, 4i+4) is
-                // written, and the writes never reach bytes of elements not yet read
-                for i in (0..n).rev() {
-                    // SAFETY: 2i+1 < 4n and 4i+3 < 4n; the memory belongs to `buf`.
-                    let bits =
-                        unsafe { u16::from_le_bytes([*ptr.add(2 * i), *ptr.add(2 * i + 1)]) };
-                    let v = if self == DType::BF16 {
-                        f32::from_bits((bits as u32) << 16)
-                    } else {
-                        f16::from_bits(bits).to_f32()
-                    };
-                    buf[i] = v;
-                }
-            }
+            DType::F16 => slices::widen_half_in_place(buf, slices::decode_f16),
+            DType::BF16 => slices::widen_half_in_place(buf, slices::decode_bf16),
             other => unreachable!("widen_in_place on {other:?}"),
         }
     }
@@ -223,16 +202,8 @@ impl DType {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
             }
-            DType::F16 => {
-                for v in values {
-                    out.extend_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes());
-                }
-            }
-            DType::BF16 => {
-                for v in values {
-                    out.extend_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes());
-                }
-            }
+            DType::F16 => slices::encode_f16(values, out),
+            DType::BF16 => slices::encode_bf16(values, out),
             DType::F64 => {
                 for v in values {
                     out.extend_from_slice(&(*v as f64).to_le_bytes());
