@@ -26,17 +26,64 @@ thread_local! {
     static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A zeroed buffer of `len` values, reusing a chunk-sized buffer of this thread when there is
-/// one (allocating and freeing megabytes per chunk makes the allocator hand pages back to the
-/// kernel and fault them in again, which costs more than the merge).
+/// Whole-tensor buffers (longer than [`CHUNK`]) kept for reuse between tensors, and the bytes
+/// they may hold in all (set by [`execute`] from the memory budget; 0 outside a run). A fresh
+/// multi-megabyte allocation is mapped anew and faulted in page by page, and freeing it
+/// unmaps it again: for the geometric methods, which hold whole tensors, that cost a fifth
+/// of the run.
+static BIG_POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+static BIG_POOL_CAP: AtomicU64 = AtomicU64::new(0);
+/// Runs in progress (batch jobs share the process); the pool is emptied when the last ends.
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Holds the whole-tensor pool open for one [`execute`]: a quarter of its budget may stay
+/// pooled between tensors (idle buffers count towards resident memory, not towards the
+/// budget of the tensors in flight).
+struct PoolGuard;
+
+impl PoolGuard {
+    fn open(budget: u64) -> Self {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+        BIG_POOL_CAP.fetch_max(budget / 4, Ordering::SeqCst);
+        PoolGuard
+    }
+}
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        if RUNS.fetch_sub(1, Ordering::SeqCst) == 1 {
+            BIG_POOL_CAP.store(0, Ordering::SeqCst);
+            BIG_POOL.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+}
+
+fn take_big(len: usize) -> Vec<f32> {
+    let mut pool = BIG_POOL.lock().unwrap_or_else(|e| e.into_inner());
+    // the smallest buffer that fits, else the largest (it grows once)
+    let fit = (0..pool.len())
+        .filter(|&i| pool[i].capacity() >= len)
+        .min_by_key(|&i| pool[i].capacity())
+        .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+    fit.map(|i| pool.swap_remove(i)).unwrap_or_default()
+}
+
+fn give_big(v: Vec<f32>) {
+    let cap = BIG_POOL_CAP.load(Ordering::Relaxed);
+    let mut pool = BIG_POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let held: u64 = pool.iter().map(|b| b.capacity() as u64 * 4).sum();
+    if held + v.capacity() as u64 * 4 <= cap {
+        pool.push(v);
+    }
+}
+
+/// A zeroed buffer of `len` values, reusing a buffer of this thread (chunk-sized) or of the
+/// run (whole tensors) when there is one (allocating and freeing megabytes per chunk makes
+/// the allocator hand pages back to the kernel and fault them in again, which costs more
+/// than the merge).
 pub fn scratch(len: usize) -> Vec<f32> {
-    let mut v = if len <= CHUNK {
-        POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    v.clear();
-    v.resize(len, 0.0);
+    let mut v = scratch_for_overwrite(len);
+    v.fill(0.0);
     v
 }
 
@@ -46,7 +93,7 @@ pub fn scratch_for_overwrite(len: usize) -> Vec<f32> {
     let mut v = if len <= CHUNK {
         POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default()
     } else {
-        Vec::new()
+        take_big(len)
     };
     if v.len() >= len {
         v.truncate(len);
@@ -65,6 +112,8 @@ pub fn recycle(v: Vec<f32>) {
                 p.push(v);
             }
         });
+    } else {
+        give_big(v);
     }
 }
 
@@ -198,6 +247,7 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
         .build()
         .map_err(|e| Error::Plan(format!("cannot start worker threads: {e}")))?;
     let threads = pool.current_num_threads();
+    let _big_buffers = PoolGuard::open(opts.memory_budget);
     let budget = Budget {
         free: Mutex::new(opts.memory_budget),
         cv: Condvar::new(),
@@ -525,8 +575,11 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink, stream: bool) -> Re
         })
     } else {
         let out = merge(0..numel)?;
-        out.par_chunks(chunk)
+        let written = out
+            .par_chunks(chunk)
             .enumerate()
-            .try_for_each(|(c, vals)| sink.write_f32(ti, c * chunk, vals))
+            .try_for_each(|(c, vals)| sink.write_f32(ti, c * chunk, vals));
+        recycle(out);
+        written
     }
 }

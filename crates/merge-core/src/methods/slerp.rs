@@ -22,7 +22,11 @@
 //! is no angle to interpolate) and returns the lerp `(1−t)·a + t·b`, which is also what the
 //! SLERP limit gives as one vector shrinks towards zero length.
 
-use super::vecmath::{Window, fill, stream_elementwise, take_err, torch_norm, torch_sum};
+use super::round::{Round, with_round};
+use super::vecmath::{
+    LANES, Window, lanes, stream_elementwise, take_err, torch_norm, torch_norm_v, torch_sum,
+    torch_sum_v,
+};
 use super::{BaseUse, ChunkSink, ChunkSource, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -81,12 +85,22 @@ impl MergeMethod for Slerp {
             t,
             n,
             |r, which| {
-                let x = if which == 0 { a } else { b };
-                torch_norm(r.len(), |i| x[r.start + i])
+                let x = &(if which == 0 { a } else { b })[r];
+                torch_norm_v(x.len(), |v| lanes(x, v), |i| x[i])
             },
-            |r, na, nb| torch_sum(r.len(), |i| (a[r.start + i] / na) * (b[r.start + i] / nb)),
+            |r, na, nb| {
+                let (a, b) = (&a[r.clone()], &b[r]);
+                torch_sum_v(
+                    a.len(),
+                    |v| {
+                        let (a, b) = (lanes(a, v), lanes(b, v));
+                        std::array::from_fn(|k| (a[k] / na) * (b[k] / nb))
+                    },
+                    |i| (a[i] / na) * (b[i] / nb),
+                )
+            },
         );
-        fill(out, |j| m.round(c0 * a[j] + c1 * b[j]));
+        with_round!(m, R => combine::<R>(c0, c1, a, b, out));
         Ok(())
     }
 
@@ -123,21 +137,55 @@ impl MergeMethod for Slerp {
             n,
             |r, which| {
                 let x = Window::new(src, if which == 0 { a } else { b }, n, &err);
-                torch_norm(r.len(), |i| x.get(r.start + i))
+                let s = r.start;
+                torch_norm_v(r.len(), |v| x.get8(s + v * LANES), |i| x.get(s + i))
             },
             |r, na, nb| {
                 let (wa, wb) = (Window::new(src, a, n, &err), Window::new(src, b, n, &err));
-                torch_sum(r.len(), |i| {
-                    (wa.get(r.start + i) / na) * (wb.get(r.start + i) / nb)
-                })
+                let s = r.start;
+                torch_sum_v(
+                    r.len(),
+                    |v| {
+                        let (a, b) = (wa.get8(s + v * LANES), wb.get8(s + v * LANES));
+                        std::array::from_fn(|k| (a[k] / na) * (b[k] / nb))
+                    },
+                    |i| (wa.get(s + i) / na) * (wb.get(s + i) / nb),
+                )
             },
         );
         take_err(&err)?;
-        stream_elementwise(src, n, &[a, b], out, |_, x, o| {
-            for ((o, a), b) in o.iter_mut().zip(&x[0]).zip(&x[1]) {
-                *o = m.round(c0 * a + c1 * b);
-            }
-        })
+        stream_elementwise(
+            src,
+            n,
+            &[a, b],
+            out,
+            |_, x, o| with_round!(m, R => blend::<R>(c0, c1, &x[0], &x[1], o)),
+        )
+    }
+}
+
+/// `out = round(c₀·a + c₁·b)` (two products and a sum, each rounded to `f32`, as PyTorch
+/// computes `c0 * a + c1 * b`), in parallel over fixed chunks.
+fn combine<R: Round>(c0: f32, c1: f32, a: &[f32], b: &[f32], out: &mut [f32]) {
+    const PAR: usize = 1 << 16;
+    out.par_chunks_mut(PAR)
+        .zip(a.par_chunks(PAR))
+        .zip(b.par_chunks(PAR))
+        .for_each(|((o, a), b)| blend::<R>(c0, c1, a, b, o));
+}
+
+/// [`combine`] on one chunk (a loop the compiler vectorises).
+#[inline]
+fn blend<R: Round>(c0: f32, c1: f32, a: &[f32], b: &[f32], out: &mut [f32]) {
+    if R::DTYPE == crate::dtype::DType::F16 {
+        for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+            *o = c0 * a + c1 * b;
+        }
+        R::DTYPE.round_slice(out);
+        return;
+    }
+    for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
+        *o = R::round(c0 * a + c1 * b);
     }
 }
 

@@ -46,7 +46,7 @@ pub fn norm(a: &[f32]) -> f64 {
 }
 
 /// Lanes of a PyTorch CPU float vector on an AVX2 machine (`Vectorized<float>::size()`).
-const LANES: usize = 8;
+pub const LANES: usize = 8;
 
 /// An accumulator of PyTorch's cascade sum: one `f32` or one vector of [`LANES`] `f32`.
 trait Acc: Copy {
@@ -148,11 +148,18 @@ fn row_sum<T: Acc>(size: usize, load: impl Fn(usize) -> T) -> T {
 /// float32 dimension (ATen's cascade sum: vectors of 8 lanes — AVX2 —, four interleaved
 /// accumulators, a four-level cascade; single-threaded). Sequential, so deterministic.
 pub fn torch_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    torch_sum_v(n, |v| std::array::from_fn(|k| f(v * LANES + k)), &f)
+}
+
+/// [`torch_sum`] with the values also given a vector at a time: `f8(v)` is
+/// `[f(8v), …, f(8v + 7)]` (a slice read the compiler vectorises), `f` serves the tail.
+/// The same operations in the same order, so the same bits.
+pub fn torch_sum_v(n: usize, f8: impl Fn(usize) -> [f32; LANES], f: impl Fn(usize) -> f32) -> f32 {
     if n < LANES {
         return row_sum(n, f);
     }
     let vecs = n / LANES;
-    let v: [f32; LANES] = row_sum(vecs, |i| std::array::from_fn(|k| f(i * LANES + k)));
+    let v: [f32; LANES] = row_sum(vecs, f8);
     let mut acc = 0.0f32;
     for k in vecs * LANES..n {
         acc += f(k);
@@ -161,6 +168,14 @@ pub fn torch_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
         acc += x;
     }
     acc
+}
+
+/// The values `x[8v..8v + 8]` of a slice as one vector (for [`torch_sum_v`], [`torch_norm_v`]).
+#[inline(always)]
+pub fn lanes(x: &[f32], v: usize) -> [f32; LANES] {
+    x[v * LANES..v * LANES + LANES]
+        .try_into()
+        .expect("eight lanes")
 }
 
 /// The `f32` sums over the first axis of a `rows × cols` matrix (`f(row, col)`), exactly as
@@ -193,12 +208,17 @@ pub fn torch_sum_dim0(
 /// `linalg.vector_norm` computes it over a contiguous float32 last dimension (one vector of
 /// 8 lanes accumulating `x·x`, the lanes then summed in order, the tail, then `sqrt`).
 pub fn torch_norm(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    torch_norm_v(n, |v| std::array::from_fn(|k| f(v * LANES + k)), &f)
+}
+
+/// [`torch_norm`] with the values also given a vector at a time (as in [`torch_sum_v`]).
+pub fn torch_norm_v(n: usize, f8: impl Fn(usize) -> [f32; LANES], f: impl Fn(usize) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let full = n - n % LANES;
-    for d in (0..full).step_by(LANES) {
-        for (k, a) in acc.iter_mut().enumerate() {
-            let x = f(d + k);
-            *a += x * x;
+    for v in 0..full / LANES {
+        let x = f8(v);
+        for k in 0..LANES {
+            acc[k] += x[k] * x[k];
         }
     }
     let mut b = acc[0];
@@ -280,6 +300,22 @@ impl<'a> Window<'a> {
     pub fn sized(mut self, len: usize) -> Self {
         self.window = len.max(1);
         self
+    }
+
+    /// The values at elements `i..i + 8` (`i` a multiple of 8, `i + 8 <= n`).
+    #[inline]
+    pub fn get8(&self, i: usize) -> [f32; LANES] {
+        debug_assert!(i.is_multiple_of(LANES) && self.window.is_multiple_of(LANES));
+        {
+            let b = self.buf.borrow();
+            let s = self.start.get();
+            if i >= s && i + LANES - s <= b.len() {
+                return lanes(&b[i - s..], 0);
+            }
+        }
+        self.get(i);
+        let b = self.buf.borrow();
+        lanes(&b[i - self.start.get()..], 0)
     }
 
     /// The value at element `i`.
