@@ -6,7 +6,8 @@
 #
 # For each method it measures, in the same run: smelt's wall time and peak RSS
 # (/usr/bin/time -v), and the I/O floor (bench's io-floor: read every input byte once, write
-# the output once, fsync). It prints the figures and their ratio. The family is generated once
+# the output once, fsync). It prints the figures and their ratio, and smelt's wall time on one
+# thread (SINGLE=0 skips that run) to show how it scales. The family is generated once
 # into $BENCH_DIR (default /tmp/smelt-bench, ~6.6 GB). Inputs are read once beforehand so smelt
 # and the floor both run from a warm page cache (the floor is then memory- not disk-bound).
 set -euo pipefail
@@ -56,7 +57,7 @@ inputs=$(ls "$F"/base/*.safetensors "$F"/ft1/*.safetensors "$F"/ft2/*.safetensor
 in_bytes=$(cat $inputs | wc -c)
 out_bytes=$(cat "$F"/base/*.safetensors | wc -c)
 echo "family: $F ($((in_bytes / 1000000)) MB of inputs), threads: $THREADS"
-echo "method,smelt_s,floor_s,floor_over_smelt,read_gbps,peak_rss_mb"
+echo "method,smelt_s,floor_s,floor_over_smelt,read_gbps,peak_rss_mb,smelt_1t_s,scaling"
 for m in "${methods[@]}"; do
   recipe "$m" > "$BENCH_DIR/recipes/$m.yml"
   used="$inputs"; [ "$m" = slerp ] && used=$(ls "$F"/ft1/*.safetensors "$F"/ft2/*.safetensors)
@@ -64,13 +65,22 @@ for m in "${methods[@]}"; do
   out="$BENCH_DIR/out-$m"; rm -rf "$out"
   floor=$("$PWD/target/release/io-floor" "$BENCH_DIR/floor.bin" "$out_bytes" $used | sed 's/.*io_floor_seconds=\([0-9.]*\).*/\1/')
   extra=(); [ "$m" = linear-q4km ] && extra=(--gguf Q4_K_M --pre gpt-2)
-  /usr/bin/time -v "$SMELT" run --quiet --threads "$THREADS" "${extra[@]}" "$BENCH_DIR/recipes/$m.yml" "$out" 2> "$BENCH_DIR/time-$m.txt"
-  wall=$(grep "Elapsed (wall clock)" "$BENCH_DIR/time-$m.txt" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-  rss=$(grep "Maximum resident set size" "$BENCH_DIR/time-$m.txt" | awk '{print $NF}')
-  python3 - "$m" "$wall" "$floor" "$used_bytes" "$rss" <<'P'
+  timed() { # THREADS TAG: runs smelt, prints "wall rss"
+    rm -rf "$out"
+    /usr/bin/time -v "$SMELT" run --quiet --threads "$1" "${extra[@]}" "$BENCH_DIR/recipes/$m.yml" "$out" 2> "$BENCH_DIR/time-$m-$2.txt"
+    local w r
+    w=$(grep "Elapsed (wall clock)" "$BENCH_DIR/time-$m-$2.txt" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+    r=$(grep "Maximum resident set size" "$BENCH_DIR/time-$m-$2.txt" | awk '{print $NF}')
+    echo "$w $r"
+  }
+  read -r wall rss < <(timed "$THREADS" all)
+  wall1=0
+  if [ "${SINGLE:-1}" = 1 ] && [ "$THREADS" != 1 ]; then read -r wall1 _ < <(timed 1 one); fi
+  python3 - "$m" "$wall" "$floor" "$used_bytes" "$rss" "$wall1" <<'P'
 import sys
-m, wall, floor, used, rss = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-print(f"{m},{wall:.2f},{floor:.2f},{floor/wall:.2f},{used/wall/1e9:.2f},{rss/1024:.0f}")
+m, wall, floor, used, rss, wall1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+one = f"{wall1:.2f},{wall1/wall:.2f}x" if wall1 > 0 else ","
+print(f"{m},{wall:.2f},{floor:.2f},{floor/wall:.2f},{used/wall/1e9:.2f},{rss/1024:.0f},{one}")
 P
   rm -rf "$out"
 done

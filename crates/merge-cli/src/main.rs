@@ -272,6 +272,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Ctrl-C, SIGTERM or SIGHUP: remove the partial output of the run in progress (nothing
+    // that looks like a finished model stays behind), then exit as interrupted
+    let _ = ctrlc::set_handler(|| {
+        for p in merge_core::partial::remove_all() {
+            eprintln!("interrupted: removed the partial output {}", p.display());
+        }
+        std::process::exit(130);
+    });
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -453,6 +461,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 a.threads,
             )
             .with_context(|| format!("converting {} to GGUF", a.model.display()))?;
+            warn(&r.notices);
             eprintln!(
                 "wrote {} ({} {}, {} tensors, {}, pre-tokenizer {}) in {:.1}s",
                 out.display(),

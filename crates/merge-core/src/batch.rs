@@ -43,6 +43,19 @@ pub enum BatchError {
         /// Where it is used again.
         second: String,
     },
+    /// A stage would write over a model that a stage reads by path.
+    #[error(
+        "stage {stage} writes {}, which stage {reader} reads as a model path; inputs are never written (refer to a stage's output by its name, or choose another --intermediate-dir)",
+        .out.display()
+    )]
+    OutputIsInput {
+        /// The writing stage.
+        stage: String,
+        /// Its output folder.
+        out: PathBuf,
+        /// The stage reading that folder by path.
+        reader: String,
+    },
     /// Stages depend on each other in a circle.
     #[error("dependency cycle between stages: {}", .cycle.join(" -> "))]
     Cycle {
@@ -422,19 +435,30 @@ impl Batch {
             .enumerate()
             .filter_map(|(i, s)| s.name.clone().map(|n| (n, (i, s.out.clone()))))
             .collect();
-        for s in &mut stages {
+        let mut raw_inputs: Vec<(usize, PathBuf)> = Vec::new();
+        for (si, s) in stages.iter_mut().enumerate() {
             let mut deps = Vec::new();
+            let dir = s.recipe.dir.clone();
             for r in refs_mut(&mut s.recipe) {
                 if let Some((i, out)) = outs.get(&r.path) {
                     r.path = out.to_string_lossy().into_owned();
                     if !deps.contains(i) {
                         deps.push(*i);
                     }
+                } else {
+                    // models on disk only (a hub id names no local path)
+                    let p = r.path.split('+').next().unwrap_or(&r.path);
+                    for c in [absolute(&dir.join(p)), absolute(Path::new(p))] {
+                        if c.exists() {
+                            raw_inputs.push((si, c));
+                        }
+                    }
                 }
             }
             deps.sort_unstable();
             s.deps = deps;
         }
+        check_outputs_against_inputs(&stages, &raw_inputs)?;
         let order = topo_order(&stages)?;
         let mut new_index = vec![0; stages.len()];
         for (new, &old) in order.iter().enumerate() {
@@ -480,6 +504,29 @@ impl Batch {
 }
 
 /// Dependencies first; among stages that are ready, the earliest in file/document order.
+/// Refuses a stage whose output folder is, contains or lies inside a model another stage reads
+/// by path (not by stage name): the stage would replace that model, and nothing orders the two.
+fn check_outputs_against_inputs(
+    stages: &[Stage],
+    raw_inputs: &[(usize, PathBuf)],
+) -> Result<(), BatchError> {
+    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    for s in stages {
+        let out = canon(&s.out);
+        for (reader, input) in raw_inputs {
+            let input = canon(input);
+            if input == out || input.starts_with(&out) || out.starts_with(&input) {
+                return Err(BatchError::OutputIsInput {
+                    stage: s.label(),
+                    out: s.out.clone(),
+                    reader: stages[*reader].label(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn topo_order(stages: &[Stage]) -> Result<Vec<usize>, BatchError> {
     let n = stages.len();
     let mut placed = vec![false; n];

@@ -4,7 +4,7 @@
 //! compute: every output tensor with its inputs and resolved parameters) → [`exec`] (when:
 //! a rayon pool under a memory budget) → [`methods`] (how: one kernel per merge method) →
 //! a sink ([`writer`] for safetensors shards). [`checkpoint`] opens inputs read-only with
-//! memory maps, [`arch`] knows model layouts, [`output`] assembles the folder atomically and
+//! memory maps, [`arch`] knows model layouts, [`output`] assembles the folder atomically ([`partial`] cleans up after interrupted runs) and
 //! [`merge`] ties it all together; [`batch`] runs many recipes as stages of one build. The
 //! library never prints; progress is a callback.
 #![deny(missing_docs)]
@@ -22,6 +22,7 @@ pub mod lora;
 pub mod merge;
 pub mod methods;
 pub mod output;
+pub mod partial;
 pub mod plan;
 pub mod recipe;
 pub mod torch;

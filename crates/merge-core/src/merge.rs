@@ -248,6 +248,41 @@ pub fn plan(recipe: &Recipe, opts: &PlanOptions) -> Result<Plan> {
     plan::build(recipe, models, opts)
 }
 
+/// Checks that `--lock PATH` may be written: never an input model's file, never the recipe,
+/// and an existing file only if it is a smelt lock (or with `force`).
+pub fn check_lock_path(p: &Path, inputs: &[PathBuf], recipe: &Recipe, force: bool) -> Result<()> {
+    let refuse = |reason: String| {
+        Err(Error::Output {
+            path: p.to_path_buf(),
+            reason,
+        })
+    };
+    let abs = p
+        .canonicalize()
+        .unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
+    for i in inputs {
+        let ia = i.canonicalize().unwrap_or_else(|_| i.clone());
+        if abs == ia || abs.starts_with(&ia) {
+            return refuse(format!(
+                "the lock file would overwrite the input {}; inputs are never written",
+                i.display()
+            ));
+        }
+    }
+    if recipe.path.canonicalize().is_ok_and(|r| r == abs) {
+        return refuse("the lock file would overwrite the recipe".into());
+    }
+    if abs.is_dir() {
+        return refuse("it is a folder; --lock takes a file path".into());
+    }
+    if abs.is_file() && !force && Lock::read(&abs).is_err() {
+        return refuse(
+            "the file exists and is not a smelt lock; pass --force to replace it".into(),
+        );
+    }
+    Ok(())
+}
+
 /// Runs `recipe` into the folder `out`.
 pub fn run(
     recipe: &Recipe,
@@ -274,6 +309,9 @@ pub fn run(
         .iter()
         .flat_map(|m| std::iter::once(m.path.clone()).chain(m.lora_path.clone()))
         .collect();
+    if let Some(p) = &opts.lock_path {
+        check_lock_path(p, &inputs, recipe, opts.force)?;
+    }
     let dir = OutputDir::prepare(out, opts.force, &inputs)?;
     let name = dir
         .target()
@@ -283,6 +321,7 @@ pub fn run(
     // the small files first: the GGUF route reads config and tokenizer from the output
     let mut files = Vec::new();
     let mut warnings = plan.warnings.clone();
+    warnings.extend(dir.swept_notices());
     if let Some(cfg) = &plan.config {
         let text = serde_json::to_string_pretty(cfg).expect("json") + "\n";
         files.push(output::write_file(

@@ -17,6 +17,7 @@ pub struct OutputDir {
     tmp: PathBuf,
     force: bool,
     committed: bool,
+    swept: Vec<(PathBuf, u32)>,
 }
 
 fn canonical_or_absolute(p: &Path) -> PathBuf {
@@ -66,17 +67,28 @@ impl OutputDir {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
+        let swept = crate::partial::sweep(&parent, &base);
         let tmp = parent.join(format!(".{base}.smelt-partial-{}", std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        crate::partial::register(&tmp);
         Ok(OutputDir {
             target: abs,
             tmp,
             force,
             committed: false,
+            swept,
         })
+    }
+
+    /// Notices for the partial outputs of interrupted runs removed while preparing.
+    pub fn swept_notices(&self) -> Vec<String> {
+        self.swept
+            .iter()
+            .map(|(p, pid)| crate::partial::swept_notice(p, *pid))
+            .collect()
     }
 
     /// The temporary folder to write into.
@@ -107,9 +119,11 @@ impl OutputDir {
             let old = self.tmp.with_extension("old");
             std::fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
             std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+            crate::partial::unregister(&self.tmp);
             std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
         } else {
             std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+            crate::partial::unregister(&self.tmp);
         }
         if let Some(p) = self.target.parent()
             && let Ok(d) = std::fs::File::open(p)
@@ -125,6 +139,7 @@ impl Drop for OutputDir {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.tmp);
+            crate::partial::unregister(&self.tmp);
         }
     }
 }

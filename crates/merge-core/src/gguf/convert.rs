@@ -377,6 +377,8 @@ pub struct ConvertReport {
     pub bytes: u64,
     /// `tokenizer.ggml.pre`.
     pub pre: String,
+    /// Partial files of interrupted runs removed before writing.
+    pub notices: Vec<String>,
 }
 
 /// Converts the HF model folder `hf_dir` (safetensors, config.json, tokenizer files) into the
@@ -396,6 +398,7 @@ pub fn convert_folder(
     use crate::dtype::DType;
     use rayon::prelude::*;
 
+    refuse_input_as_output(hf_dir, out_path)?;
     let ck = Checkpoint::open(hf_dir, &hf_dir.display().to_string())?;
     let config = ck
         .config
@@ -447,7 +450,9 @@ pub fn convert_folder(
     }
     let layout = super::file::GgufLayout::new(&plan.metadata, &plan.specs())?;
     let bytes = layout.total_size();
+    let notices = sweep_partials(out_path);
     let writer = super::file::GgufWriter::create(out_path, layout)?;
+    let _interruptible = crate::partial::registered(writer.partial_path());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -492,7 +497,46 @@ pub fn convert_folder(
         tensors: plan.tensors.len(),
         bytes,
         pre,
+        notices,
     })
+}
+
+/// Refuses an output path that is one of the model folder's own files (its weights, index,
+/// config or tokenizer): inputs are never written, even with `--force`. A `.gguf` file inside
+/// the folder is fine (llama.cpp's tools write there too).
+fn refuse_input_as_output(hf_dir: &Path, out_path: &Path) -> crate::Result<()> {
+    let (Ok(dir), Ok(out)) = (hf_dir.canonicalize(), out_path.canonicalize()) else {
+        return Ok(()); // the output does not exist yet, or the folder is missing (reported later)
+    };
+    let is_gguf = out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if out == dir || (out.starts_with(&dir) && !is_gguf) {
+        return Err(crate::Error::Output {
+            path: out_path.to_path_buf(),
+            reason: format!(
+                "it is a file of the input model {}; inputs are never written",
+                hf_dir.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Removes the partial files that killed runs left for `out_path`; returns notices.
+fn sweep_partials(out_path: &Path) -> Vec<String> {
+    let dir = match out_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = out_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::partial::sweep(dir, &name)
+        .iter()
+        .map(|(p, pid)| crate::partial::swept_notice(p, *pid))
+        .collect()
 }
 
 /// gguf-py's parameter-count label (`853K`, `7.2B`): the count scaled to K/M/B/T, with enough

@@ -575,6 +575,11 @@ impl GgufWriter {
         })
     }
 
+    /// The temporary file written until [`GgufWriter::finish`] renames it into place.
+    pub fn partial_path(&self) -> &Path {
+        &self.tmp_path
+    }
+
     /// The layout being written.
     pub fn layout(&self) -> &GgufLayout {
         &self.layout
