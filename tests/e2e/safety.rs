@@ -143,3 +143,79 @@ fn a_batch_stage_never_writes_over_a_model_another_stage_reads() {
     assert_fails(&o, &["reads as a model path", "inputs are never written"]);
     assert_eq!(sha256_file(&stages.join("a/model.safetensors")), before);
 }
+
+#[test]
+fn weights_summing_to_zero_with_normalize_is_an_error_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = setup(tmp.path());
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replacen("weight: 0.5", "weight: 1.0", 1)
+        .replacen("weight: 0.5", "weight: -1.0", 1);
+    std::fs::write(&r, text).unwrap();
+    let o = smelt()
+        .arg("run")
+        .arg(&r)
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert_fails(&o, &["linear merge of `", "sum to 0", "normalize"]);
+    assert_no_output(tmp.path(), "out");
+}
+
+#[test]
+fn a_merge_that_overflows_float16_is_an_error_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = setup(tmp.path());
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace("weight: 0.5", "weight: 1.0e6")
+        + "parameters: {normalize: false}\ndtype: float32\nout_dtype: float16\n";
+    std::fs::write(&r, text).unwrap();
+    let o = smelt()
+        .arg("run")
+        .arg(&r)
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert_fails(
+        &o,
+        &[
+            "linear merge of `",
+            "beyond float16's range",
+            "from finite inputs",
+        ],
+    );
+    assert_no_output(tmp.path(), "out");
+}
+
+#[test]
+fn nan_in_an_input_is_a_warning_naming_model_and_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, nan) in [("a", true), ("b", false)] {
+        let m = tmp.path().join(name);
+        let mut ts = tiny_llama(&m, 1, 8, 16, 0.1);
+        if nan {
+            ts[1] = T::f32("model.layers.0.self_attn.q_proj.weight", &[8, 8], |i| {
+                if i == 5 { f32::NAN } else { 0.25 }
+            });
+        }
+        save(&m, &ts);
+    }
+    let r = recipe(
+        tmp.path(),
+        "models:\n  - model: a\n    parameters: {weight: 0.5}\n  - model: b\n    parameters: {weight: 0.5}\nmerge_method: linear\n",
+    );
+    let o = smelt()
+        .arg("run")
+        .arg(&r)
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    let e = assert_ok(&o);
+    assert!(
+        e.contains("tensor `model.layers.0.self_attn.q_proj.weight` holds NaN or infinite values"),
+        "{e}"
+    );
+    assert!(e.contains("model `a`") || e.contains("/a`"), "{e}");
+}

@@ -81,6 +81,18 @@ pub enum Error {
     /// The plan cannot be built from this recipe and these models.
     #[error("{0}")]
     Plan(String),
+    /// A merge produced NaN or infinite values from finite inputs.
+    #[error(
+        "{method} merge of `{tensor}` produced {what} from finite inputs; no model was written"
+    )]
+    NonFinite {
+        /// The method.
+        method: String,
+        /// The output tensor.
+        tensor: String,
+        /// What was produced.
+        what: String,
+    },
     /// The output location is unusable.
     #[error("output {path}: {reason}")]
     Output {

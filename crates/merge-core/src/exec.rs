@@ -240,8 +240,102 @@ pub fn tensor_cost(plan: &Plan, t: &PlannedTensor, threads: usize) -> u64 {
     }
 }
 
-/// Runs every tensor of `plan` into `sink`.
-pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result<()> {
+/// Whether every value is finite (a branch-free fold the compiler vectorises).
+pub fn all_finite(xs: &[f32]) -> bool {
+    xs.iter().fold(true, |ok, x| ok & x.is_finite())
+}
+
+/// The watch on non-finite values: NaN or ±Inf in an input is a warning (merged as it is, as
+/// mergekit does, but named); produced by a merge from finite inputs, it is an error naming
+/// the tensor (mergekit writes such a model silently).
+#[derive(Default)]
+struct FiniteWatch {
+    /// (tensor index, source index) of inputs holding non-finite values.
+    bad_inputs: Mutex<std::collections::BTreeSet<(usize, usize)>>,
+}
+
+impl FiniteWatch {
+    fn input(&self, ti: usize, si: usize, vals: &[f32]) {
+        if !all_finite(vals) {
+            self.bad_inputs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((ti, si));
+        }
+    }
+
+    fn input_bad(&self, ti: usize) -> bool {
+        let set = self.bad_inputs.lock().unwrap_or_else(|e| e.into_inner());
+        set.range((ti, 0)..(ti + 1, 0)).next().is_some()
+    }
+
+    fn warnings(&self, plan: &Plan) -> Vec<String> {
+        let set = self.bad_inputs.lock().unwrap_or_else(|e| e.into_inner());
+        set.iter()
+            .map(|&(ti, si)| {
+                let s = &plan.tensors[ti].sources[si];
+                format!(
+                    "model `{}`: tensor `{}` holds NaN or infinite values (merged as they are)",
+                    plan.models[s.model].reference, s.tensor
+                )
+            })
+            .collect()
+    }
+}
+
+/// A sink that refuses non-finite output values produced from finite inputs.
+struct CheckedSink<'a> {
+    inner: &'a dyn TensorSink,
+    plan: &'a Plan,
+    watch: &'a FiniteWatch,
+}
+
+impl TensorSink for CheckedSink<'_> {
+    fn write_f32(&self, tensor: usize, offset: usize, values: &[f32]) -> Result<()> {
+        let t = &self.plan.tensors[tensor];
+        // float16 output from wider math: values from 65520 on round to infinity
+        let f16_overflow = t.out_dtype == crate::dtype::DType::F16
+            && t.math != crate::dtype::DType::F16
+            && !values.iter().fold(true, |ok, x| ok & (x.abs() < 65520.0));
+        if (f16_overflow || !all_finite(values)) && !self.watch.input_bad(tensor) {
+            return Err(Error::NonFinite {
+                method: self.plan.method.info().name.to_string(),
+                tensor: t.name.clone(),
+                what: if all_finite(values) {
+                    "values beyond float16's range (±65504)".into()
+                } else {
+                    "NaN or infinite values".into()
+                },
+            });
+        }
+        self.inner.write_f32(tensor, offset, values)
+    }
+    fn write_raw(&self, tensor: usize, bytes: &[u8]) -> Result<()> {
+        self.inner.write_raw(tensor, bytes)
+    }
+    fn chunk_multiple(&self, tensor: usize) -> usize {
+        self.inner.chunk_multiple(tensor)
+    }
+}
+
+/// Runs every tensor of `plan` into `sink`; returns warnings (inputs holding NaN or ±Inf).
+pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result<Vec<String>> {
+    let watch = FiniteWatch::default();
+    let checked = CheckedSink {
+        inner: sink,
+        plan,
+        watch: &watch,
+    };
+    execute_watched(plan, &checked, &watch, opts)?;
+    Ok(watch.warnings(plan))
+}
+
+fn execute_watched(
+    plan: &Plan,
+    sink: &dyn TensorSink,
+    watch: &FiniteWatch,
+    opts: &ExecOptions,
+) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads)
         .build()
@@ -270,13 +364,19 @@ pub fn execute(plan: &Plan, sink: &dyn TensorSink, opts: &ExecOptions) -> Result
                     .checkpoint
                     .prefetch(plan.source_info(s));
             }
-            let (budget, failed, first_error, done, bytes_done) =
-                (&budget, &failed, &first_error, &done, &bytes_done);
+            let (budget, failed, first_error, done, bytes_done, watch) =
+                (&budget, &failed, &first_error, &done, &bytes_done, watch);
             scope.spawn(move |_| {
                 let r = if failed.load(Ordering::SeqCst) {
                     Ok(())
                 } else {
-                    run_tensor(plan, i, sink, streams(plan, t, threads, opts.memory_budget))
+                    run_tensor(
+                        plan,
+                        i,
+                        sink,
+                        watch,
+                        streams(plan, t, threads, opts.memory_budget),
+                    )
                 };
                 for s in &t.sources {
                     plan.models[s.model].checkpoint.release(plan.source_info(s));
@@ -368,6 +468,8 @@ fn read_source(
 struct StreamSource<'a> {
     plan: &'a Plan,
     t: &'a PlannedTensor,
+    ti: usize,
+    watch: &'a FiniteWatch,
     chunk: usize,
 }
 
@@ -393,6 +495,7 @@ impl ChunkSource for StreamSource<'_> {
         if info.dtype != self.t.math {
             self.t.math.round_slice(out);
         }
+        self.watch.input(self.ti, input, out);
         Ok(())
     }
 }
@@ -408,7 +511,13 @@ impl ChunkSink for StreamSink<'_> {
     }
 }
 
-fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink, stream: bool) -> Result<()> {
+fn run_tensor(
+    plan: &Plan,
+    ti: usize,
+    sink: &dyn TensorSink,
+    watch: &FiniteWatch,
+    stream: bool,
+) -> Result<()> {
     let t = &plan.tensors[ti];
     if t.raw_copy {
         let s = &t.sources[0];
@@ -420,6 +529,8 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink, stream: bool) -> Re
         let src = StreamSource {
             plan,
             t,
+            ti,
+            watch,
             chunk: (CHUNK / multiple).max(1) * multiple,
         };
         let names: Vec<String> = t
@@ -512,6 +623,7 @@ fn run_tensor(plan: &Plan, ti: usize, sink: &dyn TensorSink, stream: bool) -> Re
                 if info.dtype != t.math {
                     t.math.round_slice(&mut b);
                 }
+                watch.input(ti, si, &b);
                 Ok(b)
             };
         let bufs: Vec<Vec<f32>> = if streamed {

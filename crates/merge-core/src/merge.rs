@@ -399,7 +399,7 @@ pub fn run(
             .unwrap_or_else(|_| Err(Error::Plan("input hashing failed".into())));
         (merged, hashed)
     });
-    merged?;
+    warnings.extend(merged?);
     let inputs = inputs?;
     cache.save();
     if let Some(w) = shards {

@@ -44,6 +44,16 @@ impl MergeMethod for Linear {
             .collect::<Result<_, _>>()?;
         let normalize = ctx.global.flag("normalize", true);
         let divisor = m.round(weights.iter().fold(0.0f32, |a, w| a + w));
+        if normalize && divisor == 0.0 {
+            return Err(format!(
+                "the weights ({}) sum to 0 and `normalize` is on, so every value would be divided by 0; change the weights or set `normalize: false`",
+                weights
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         // model-major, so each pass is a simple loop the compiler vectorises; the chain starts
         // from +0 (fma(w, x, +0) is not always w·x: -0 becomes +0)
         for (k, (inp, w)) in ctx.inputs.iter().zip(&weights).enumerate() {
