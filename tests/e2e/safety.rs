@@ -219,3 +219,183 @@ fn nan_in_an_input_is_a_warning_naming_model_and_tensor() {
     );
     assert!(e.contains("model `a`") || e.contains("/a`"), "{e}");
 }
+
+/// A two-shard copy of the tiny base model with an index whose weight_map is `edit`ed.
+fn sharded_with_index(dir: &Path, edit: impl Fn(&mut serde_json::Map<String, serde_json::Value>)) {
+    let m = dir.join("sharded");
+    let ts = tiny_llama(&m, 1, 8, 16, 0.1);
+    let (a, b) = ts.split_at(ts.len() / 2);
+    write_safetensors(&m.join("s1.safetensors"), a);
+    write_safetensors(&m.join("s2.safetensors"), b);
+    let mut map = serde_json::Map::new();
+    for t in a {
+        map.insert(t.name.clone(), "s1.safetensors".into());
+    }
+    for t in b {
+        map.insert(t.name.clone(), "s2.safetensors".into());
+    }
+    edit(&mut map);
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(m.join("model.safetensors.index.json"), index.to_string()).unwrap();
+}
+
+#[test]
+fn an_index_entry_no_shard_holds_is_an_error_naming_tensor_and_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    sharded_with_index(tmp.path(), |m| {
+        m.insert(
+            "model.layers.0.extra.weight".into(),
+            "s2.safetensors".into(),
+        );
+    });
+    let m = tmp.path().join("sharded");
+    for args in [vec!["inspect"], vec!["convert"]] {
+        let mut c = smelt();
+        c.args(&args).arg(&m);
+        if args[0] == "convert" {
+            c.arg(tmp.path().join("conv"));
+        }
+        assert_fails(
+            &c.output().unwrap(),
+            &[
+                "model.layers.0.extra.weight",
+                "s2.safetensors",
+                "no shard holds it",
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_shard_named_dot_is_an_error_saying_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    sharded_with_index(tmp.path(), |m| {
+        m.insert("model.norm.weight".into(), ".".into());
+    });
+    let o = smelt()
+        .arg("inspect")
+        .arg(tmp.path().join("sharded"))
+        .output()
+        .unwrap();
+    assert_fails(
+        &o,
+        &[
+            "shard name `.`",
+            "model.norm.weight",
+            "not a plain file name",
+        ],
+    );
+}
+
+#[test]
+fn an_input_truncated_during_the_merge_is_an_error_not_a_signal() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, seed) in [("a", 0.1f32), ("b", 0.2)] {
+        let m = tmp.path().join(name);
+        let ts = tiny_llama(&m, 6, 768, 4096, seed);
+        save(&m, &ts);
+    }
+    let r = recipe(
+        tmp.path(),
+        "models:\n  - model: a\n  - model: b\nmerge_method: slerp\nbase_model: a\nparameters: {t: 0.3}\n",
+    );
+    let out = tmp.path().join("out");
+    let child = smelt()
+        .args(["run", "-q", "--threads", "1"])
+        .arg(&r)
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_dir(tmp.path()).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("smelt-partial")
+    }) {
+        assert!(t0.elapsed().as_secs() < 60, "merge never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let shard = tmp.path().join("b/model.safetensors");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_fails(&o, &[&shard.display().to_string(), "truncated"]);
+    assert_no_output(tmp.path(), "out");
+}
+
+#[test]
+fn verify_fails_when_the_locked_recipe_no_longer_matches_its_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = setup(tmp.path());
+    let out = tmp.path().join("out");
+    assert_ok(&smelt().arg("run").arg(&r).arg(&out).output().unwrap());
+    assert!(
+        smelt()
+            .arg("verify")
+            .arg(&out)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let lock = out.join("smelt.lock");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
+    let text = v["recipe"]["text"].as_str().unwrap().replace("0.5", "0.7");
+    v["recipe"]["text"] = text.into();
+    std::fs::write(&lock, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let o = smelt().arg("verify").arg(&out).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("the recipe's sha256"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_huge_thread_count_is_capped_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = setup(tmp.path());
+    let o = smelt()
+        .args(["run", "--threads", "100000"])
+        .arg(&r)
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    let e = assert_ok(&o);
+    assert!(e.contains("100000 threads requested; using"), "{e}");
+}
+
+#[test]
+fn a_bad_smelt_threads_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = setup(tmp.path());
+    let o = smelt()
+        .env("SMELT_THREADS", "lots")
+        .arg("run")
+        .arg(&r)
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert_fails(&o, &["SMELT_THREADS=lots", "not a number of threads"]);
+}
+
+#[test]
+fn a_zero_or_overflowing_shard_size_is_a_usage_error_naming_the_option() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = setup(tmp.path());
+    for (size, why) in [("0", "at least 1 byte"), ("1e30TB", "too large")] {
+        let o = smelt()
+            .args(["run", "--out-shard-size", size])
+            .arg(&r)
+            .arg(tmp.path().join("out"))
+            .output()
+            .unwrap();
+        // usage errors exit 2 (clap's convention, documented in README)
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("--out-shard-size") && e.contains(why), "{e}");
+    }
+}

@@ -39,9 +39,9 @@ pub struct BatchArgs {
     jobs: usize,
     #[command(flatten)]
     plan: crate::PlanFlags,
-    /// Worker threads in total (default: all cores).
-    #[arg(long, short = 'j', env = "SMELT_THREADS", default_value_t = 0)]
-    threads: usize,
+    /// Worker threads in total (default: SMELT_THREADS, else all cores).
+    #[arg(long, short = 'j')]
+    threads: Option<usize>,
     /// Working memory in total, e.g. 1GB.
     #[arg(long, default_value = "1GiB", value_parser = crate::parse_budget)]
     memory_budget: u64,
@@ -246,7 +246,7 @@ pub fn run(a: &BatchArgs) -> Result<ExitCode> {
         jobs: a.jobs,
         merge: MergeOptions {
             plan: crate::plan_options(&a.plan),
-            threads: a.threads,
+            threads: crate::threads(a.threads)?,
             memory_budget: a.memory_budget,
             copy_tokenizer: !a.no_copy_tokenizer,
             write_card: !a.no_write_model_card,

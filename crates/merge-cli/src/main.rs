@@ -58,9 +58,9 @@ struct ConvertArgs {
     /// Maximum size of an output shard (as for `run`).
     #[arg(long, default_value = "5B", value_parser = parse_size)]
     out_shard_size: i64,
-    /// Worker threads (default: all cores).
-    #[arg(long, short = 'j', env = "SMELT_THREADS", default_value_t = 0)]
-    threads: usize,
+    /// Worker threads (default: SMELT_THREADS, else all cores).
+    #[arg(long, short = 'j')]
+    threads: Option<usize>,
     /// Replace a non-empty output folder.
     #[arg(long)]
     force: bool,
@@ -96,9 +96,9 @@ struct QuantizeArgs {
     /// (tokenizer.ggml.pre, e.g. llama-bpe, qwen2, gpt-2).
     #[arg(long)]
     pre: Option<String>,
-    /// Worker threads (default: all cores).
-    #[arg(long, short = 'j', env = "SMELT_THREADS", default_value_t = 0)]
-    threads: usize,
+    /// Worker threads (default: SMELT_THREADS, else all cores).
+    #[arg(long, short = 'j')]
+    threads: Option<usize>,
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
@@ -126,9 +126,9 @@ struct RunArgs {
     out: PathBuf,
     #[command(flatten)]
     plan: PlanFlags,
-    /// Worker threads (default: all cores).
-    #[arg(long, short = 'j', env = "SMELT_THREADS", default_value_t = 0)]
-    threads: usize,
+    /// Worker threads (default: SMELT_THREADS, else all cores).
+    #[arg(long, short = 'j')]
+    threads: Option<usize>,
     /// Working memory the merge may hold at once, e.g. 1GiB, 512MB. Tensors larger than this are
     /// streamed in chunks by the methods that can; otherwise such a tensor runs alone.
     #[arg(long, default_value = "1GiB", value_parser = parse_budget)]
@@ -206,6 +206,17 @@ fn verify(a: &VerifyArgs) -> Result<ExitCode> {
     let fresh = HashCache::in_memory();
     let mut diffs = lock::verify_files(&a.out, &lock.outputs, &fresh, &[lock::LOCK_FILE]);
     let mut checked = lock.outputs.len();
+    // the recipe recorded in the lock must be the one its digest names
+    let recipe_digest = lock::sha256_hex(lock.recipe.text.as_bytes());
+    if recipe_digest != lock.recipe.sha256 {
+        diffs.push(lock::Mismatch {
+            path: a.out.join(lock::LOCK_FILE),
+            what: format!(
+                "the recipe's sha256 {recipe_digest} differs from the locked {}",
+                lock.recipe.sha256
+            ),
+        });
+    }
     if a.inputs {
         let cached;
         let cache = if a.rehash {
@@ -244,6 +255,31 @@ fn verify(a: &VerifyArgs) -> Result<ExitCode> {
         eprintln!("error: {} of {checked} locked files differ", diffs.len());
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The worker thread count: `--threads`, else `SMELT_THREADS`, else 0 (all cores); capped at
+/// eight per core with a warning (starting tens of thousands of threads would take minutes).
+fn threads(flag: Option<usize>) -> Result<usize> {
+    let n = match flag {
+        Some(n) => n,
+        None => match std::env::var("SMELT_THREADS") {
+            Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "SMELT_THREADS={v}: not a number of threads (unset it, or give a count such as 4; 0 means all cores)"
+                )
+            })?,
+            _ => 0,
+        },
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let cap = 8 * cores;
+    if n > cap {
+        eprintln!(
+            "warning: {n} threads requested; using {cap} (eight per core of this machine's {cores})"
+        );
+        return Ok(cap);
+    }
+    Ok(n)
 }
 
 fn parse_size(s: &str) -> Result<i64, String> {
@@ -325,7 +361,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let recipe = load(&a.recipe)?;
             let opts = MergeOptions {
                 plan: plan_options(&a.plan),
-                threads: a.threads,
+                threads: crate::threads(a.threads)?,
                 memory_budget: a.memory_budget,
                 copy_tokenizer: !a.no_copy_tokenizer,
                 write_card: !a.no_write_model_card,
@@ -417,7 +453,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Path::new("."),
                 &a.out,
                 a.out_shard_size,
-                a.threads,
+                crate::threads(a.threads)?,
                 a.force,
             )
             .with_context(|| format!("converting {}", a.model))?;
@@ -458,7 +494,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &out,
                 ftype,
                 a.pre.as_deref(),
-                a.threads,
+                crate::threads(a.threads)?,
             )
             .with_context(|| format!("converting {} to GGUF", a.model.display()))?;
             warn(&r.notices);

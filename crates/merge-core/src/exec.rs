@@ -443,12 +443,14 @@ fn read_source(
         None
     };
     let copy = |elems: Range<usize>, dst: &mut [f32]| match src {
-        Some(v) => dst.copy_from_slice(&v[elems]),
+        Some(v) => {
+            dst.copy_from_slice(&v[elems]);
+            Ok(())
+        }
         None => read(elems, dst),
     };
     if info.shape == out_shape {
-        copy(range, out);
-        return Ok(());
+        return copy(range, out);
     }
     // cropped 2-D: output row r, column c comes from source row r, column c
     let (ocols, scols) = (out_shape[1], info.shape[1]);
@@ -458,7 +460,7 @@ fn read_source(
         let (r, c) = (pos / ocols, pos % ocols);
         let n = (ocols - c).min(range.end - pos);
         let s = r * scols + c;
-        copy(s..s + n, &mut out[o..o + n]);
+        copy(s..s + n, &mut out[o..o + n])?;
         pos += n;
         o += n;
     }
@@ -522,7 +524,8 @@ fn run_tensor(
     if t.raw_copy {
         let s = &t.sources[0];
         let info = plan.source_info(s);
-        return sink.write_raw(ti, plan.models[s.model].checkpoint.bytes(info));
+        let bytes = plan.models[s.model].checkpoint.read_all_bytes(info)?;
+        return sink.write_raw(ti, &bytes);
     }
     if stream {
         let multiple = sink.chunk_multiple(ti).max(1);

@@ -998,7 +998,14 @@ pub fn parse_size(s: &str) -> std::result::Result<i64, String> {
     if !n.is_finite() || n < 0.0 {
         return Err(format!("invalid size `{s}`"));
     }
-    Ok((n * mult) as i64)
+    let bytes = n * mult;
+    if bytes < 1.0 {
+        return Err(format!("invalid size `{s}`: it must be at least 1 byte"));
+    }
+    if bytes > i64::MAX as f64 {
+        return Err(format!("invalid size `{s}`: too large"));
+    }
+    Ok(bytes as i64)
 }
 
 /// The config.json layer count of `cfg` under `key`.

@@ -132,8 +132,23 @@ impl Checkpoint {
         let single = path.join("model.safetensors");
         let index = path.join("model.safetensors.index.json");
         if index.is_file() {
-            for shard in read_index_shards(&index)? {
+            let weight_map = read_index(&index)?;
+            let mut shards: Vec<&String> = weight_map.values().collect();
+            shards.sort();
+            shards.dedup();
+            for shard in shards {
                 ck.add_safetensors(&path.join(shard))?;
+            }
+            if let Some((tensor, shard)) = weight_map
+                .iter()
+                .find(|(tensor, _)| !ck.tensors.contains_key(*tensor))
+            {
+                return Err(Error::bad_checkpoint(
+                    &index,
+                    format!(
+                        "tensor `{tensor}` is listed in shard `{shard}`, but no shard holds it"
+                    ),
+                ));
             }
         } else if single.is_file() {
             ck.add_safetensors(&single)?;
@@ -260,16 +275,45 @@ impl Checkpoint {
 
     /// Reads the whole tensor `name` as `f32`, with the LoRA delta added if it has one.
     pub fn read_tensor_f32(&self, name: &str, t: &TensorInfo, out: &mut [f32]) -> Result<()> {
-        self.read_f32(t, 0..t.numel(), out);
+        self.read_f32(t, 0..t.numel(), out)?;
         if let Some(d) = self.lora.as_ref().and_then(|l| l.deltas.get(name)) {
             d.apply(name, out, &t.shape)?;
         }
         Ok(())
     }
 
-    /// The raw bytes of a tensor.
+    /// The raw bytes of a tensor, through the memory map. A file truncated by someone else
+    /// while it is mapped makes such an access fault (SIGBUS): the merge path reads with
+    /// [`Checkpoint::read_bytes`] instead.
     pub fn bytes(&self, t: &TensorInfo) -> &[u8] {
         &self.files[t.file].map[t.range.clone()]
+    }
+
+    /// Reads the raw bytes `range` (relative to the tensor's data) of `t` into `out` with a
+    /// positional read: a file that shrank since it was opened is an error naming it, never a
+    /// signal.
+    pub fn read_bytes(&self, t: &TensorInfo, range: Range<usize>, out: &mut [u8]) -> Result<()> {
+        let f = &self.files[t.file];
+        let off = (t.range.start + range.start) as u64;
+        std::os::unix::fs::FileExt::read_exact_at(&f.file, out, off).map_err(|e| {
+            let reason = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                format!(
+                    "the file ended before the data of a tensor (bytes {}..{}): it was truncated or replaced after it was opened",
+                    off,
+                    off + out.len() as u64
+                )
+            } else {
+                e.to_string()
+            };
+            Error::bad_checkpoint(&f.path, reason)
+        })
+    }
+
+    /// The raw bytes of a whole tensor, read with [`Checkpoint::read_bytes`].
+    pub fn read_all_bytes(&self, t: &TensorInfo) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; t.range.len()];
+        self.read_bytes(t, 0..t.range.len(), &mut v)?;
+        Ok(v)
     }
 
     /// Tells the kernel that the pages of `t` will be read soon.
@@ -315,48 +359,38 @@ impl Checkpoint {
         &self.files[t.file].path
     }
 
-    /// Decodes elements `elems` of a float tensor into `out` as `f32`.
-    pub fn read_f32(&self, t: &TensorInfo, elems: Range<usize>, out: &mut [f32]) {
+    /// Decodes elements `elems` of a float tensor into `out` as `f32`, with positional reads
+    /// (a positional read copies the range from the page cache in one syscall, far cheaper
+    /// than faulting the map in page by page, and a truncated file is an error, not a signal).
+    pub fn read_f32(&self, t: &TensorInfo, elems: Range<usize>, out: &mut [f32]) -> Result<()> {
         let sz = t.dtype.size();
-        // a positional read copies the range from the page cache in one syscall, which is far
-        // cheaper than faulting the map in page by page (and keeps resident memory low); the
-        // map serves if the read fails
-        let f = &self.files[t.file];
-        let off = (t.range.start + elems.start * sz) as u64;
         let n = elems.len();
+        let bytes = elems.start * sz..elems.end * sz;
         if sz == 4 {
             // read into `out`'s own memory, then fix the byte order in place (no copy)
             // SAFETY: every bit pattern is a valid f32, and the byte view covers exactly the
             // memory of `out`, which we hold mutably.
-            let bytes =
-                unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n * 4) };
-            if std::os::unix::fs::FileExt::read_exact_at(&f.file, bytes, off).is_ok() {
-                t.dtype.widen_in_place(out);
-                return;
-            }
-        } else if sz == 2 {
-            // into this thread's byte buffer, then one decoding pass into `out`
-            thread_local! {
-                static RAW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-            }
-            let done = RAW.with(|r| {
-                let mut raw = r.borrow_mut();
-                raw.resize(n * 2, 0);
-                let ok = std::os::unix::fs::FileExt::read_exact_at(&f.file, &mut raw, off).is_ok();
-                if ok {
-                    t.dtype.decode_f32(&raw, out);
-                }
-                if raw.capacity() > 1 << 20 {
-                    *raw = Vec::new();
-                }
-                ok
-            });
-            if done {
-                return;
-            }
+            let raw = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, n * 4) };
+            self.read_bytes(t, bytes, raw)?;
+            t.dtype.widen_in_place(out);
+            return Ok(());
         }
-        let bytes = &self.bytes(t)[elems.start * sz..elems.end * sz];
-        t.dtype.decode_f32(bytes, out);
+        // into this thread's byte buffer, then one decoding pass into `out`
+        thread_local! {
+            static RAW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        RAW.with(|r| {
+            let mut raw = r.borrow_mut();
+            raw.resize(n * sz, 0);
+            let read = self.read_bytes(t, bytes, &mut raw);
+            if read.is_ok() {
+                t.dtype.decode_f32(&raw, out);
+            }
+            if raw.capacity() > 1 << 20 {
+                *raw = Vec::new();
+            }
+            read
+        })
     }
 
     /// The number of layers: `num_hidden_layers` (or `n_layer`, `num_layers`) from config.json,
@@ -381,7 +415,8 @@ pub fn json_path<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a serde_j
     path.split('.').try_fold(v, |cur, k| cur.get(k))
 }
 
-fn read_index_shards(index: &Path) -> Result<Vec<String>> {
+/// The `weight_map` of a safetensors index: tensor name → shard file name.
+fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::bad_checkpoint(index, e.to_string()))?;
@@ -389,21 +424,18 @@ fn read_index_shards(index: &Path) -> Result<Vec<String>> {
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::bad_checkpoint(index, "no `weight_map` object"))?;
-    let mut shards: Vec<String> = Vec::new();
+    let mut out = BTreeMap::new();
     for (k, f) in map {
         let f = f.as_str().ok_or_else(|| {
             Error::bad_checkpoint(index, format!("weight_map entry `{k}` is not a string"))
         })?;
-        if f.contains('/') || f.contains('\\') || f == ".." {
+        if f.is_empty() || f.contains('/') || f.contains('\\') || f == "." || f == ".." {
             return Err(Error::bad_checkpoint(
                 index,
-                format!("shard name `{f}` is not a plain file name"),
+                format!("shard name `{f}` (of tensor `{k}`) is not a plain file name"),
             ));
         }
-        if !shards.iter().any(|s| s == f) {
-            shards.push(f.to_string());
-        }
+        out.insert(k.clone(), f.to_string());
     }
-    shards.sort();
-    Ok(shards)
+    Ok(out)
 }

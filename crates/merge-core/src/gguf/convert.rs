@@ -469,7 +469,7 @@ pub fn convert_folder(
                 }
                 let info = &ck.tensors[&t.source];
                 let mut vals = vec![0f32; info.numel()];
-                ck.read_f32(info, 0..info.numel(), &mut vals);
+                ck.read_f32(info, 0..info.numel(), &mut vals)?;
                 let mut t = t.clone();
                 if t.transform == Transform::AddOne
                     && matches!(info.dtype, DType::F16 | DType::BF16)

@@ -246,7 +246,7 @@ impl RowReader<'_> {
             }
             dst.copy_from_slice(&self.full[&src][row * cols..(row + 1) * cols]);
         } else {
-            ck.read_f32(info, row * cols..(row + 1) * cols, dst);
+            ck.read_f32(info, row * cols..(row + 1) * cols, dst)?;
         }
         self.t.math.round_slice(dst);
         Ok(())
