@@ -399,3 +399,45 @@ fn a_zero_or_overflowing_shard_size_is_a_usage_error_naming_the_option() {
         assert!(e.contains("--out-shard-size") && e.contains(why), "{e}");
     }
 }
+
+#[test]
+fn an_empty_layer_range_is_an_error_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let r = recipe(
+        tmp.path(),
+        "slices:\n  - sources:\n      - model: a\n        layer_range: [1, 1]\nmerge_method: passthrough\n",
+    );
+    for cmd in ["check", "run"] {
+        let mut c = smelt();
+        c.arg(cmd).arg(&r);
+        if cmd == "run" {
+            c.arg(tmp.path().join("out"));
+        }
+        assert_fails(
+            &c.output().unwrap(),
+            &["layer_range", "[1, 1]", "holds no layers", "line 4"],
+        );
+    }
+    assert_no_output(tmp.path(), "out");
+}
+
+#[test]
+fn a_layer_count_that_is_not_a_number_is_an_error_naming_the_key() {
+    for bad in [serde_json::json!("22"), serde_json::json!(-3)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = setup(tmp.path());
+        let cfg_path = tmp.path().join("a/config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+        cfg["num_hidden_layers"] = bad.clone();
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let o = smelt()
+            .arg("run")
+            .arg(&r)
+            .arg(tmp.path().join("out"))
+            .output()
+            .unwrap();
+        assert_fails(&o, &["num_hidden_layers", &bad.to_string(), "config.json"]);
+    }
+}

@@ -114,10 +114,10 @@ impl Checkpoint {
         let config = if config_path.is_file() {
             let text =
                 std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-            Some(
-                serde_json::from_str(&text)
-                    .map_err(|e| Error::bad_checkpoint(&config_path, e.to_string()))?,
-            )
+            let cfg: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::bad_checkpoint(&config_path, e.to_string()))?;
+            check_layer_counts(&cfg, &config_path)?;
+            Some(cfg)
         } else {
             None
         };
@@ -408,6 +408,27 @@ impl Checkpoint {
     pub fn data_bytes(&self) -> u64 {
         self.tensors.values().map(|t| t.range.len() as u64).sum()
     }
+}
+
+/// Refuses a config whose layer count is present but not a non-negative integer.
+fn check_layer_counts(cfg: &serde_json::Value, path: &Path) -> Result<()> {
+    for key in [
+        "num_hidden_layers",
+        "n_layer",
+        "num_layers",
+        "text_config.num_hidden_layers",
+    ] {
+        if let Some(v) = json_path(cfg, key)
+            && !v.is_null()
+            && v.as_u64().is_none()
+        {
+            return Err(Error::bad_checkpoint(
+                path,
+                format!("`{key}` is {v}, not a non-negative whole number of layers"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Looks up a dotted path (`text_config.num_hidden_layers`) in a JSON object.

@@ -280,6 +280,14 @@ pub(super) fn parse(text: &str, path: &Path, dir: &Path) -> Result<Recipe> {
             let layer_range = match &src.layer_range {
                 None => None,
                 Some(lr) => match lr.value.as_slice() {
+                    [a, b] if *a < 0 || *b <= *a => {
+                        return Err(ctx.err(
+                            pos(lr),
+                            format!(
+                                "`layer_range` [{a}, {b}] holds no layers: it is [start, end) with 0 <= start < end"
+                            ),
+                        ));
+                    }
                     [a, b] => Some((*a, *b)),
                     _ => {
                         return Err(ctx.err(pos(lr), "`layer_range` must be [start, end]"));
