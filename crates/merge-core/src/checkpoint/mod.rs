@@ -436,11 +436,23 @@ pub fn json_path<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a serde_j
     path.split('.').try_fold(v, |cur, k| cur.get(k))
 }
 
+/// The tensors of a safetensors file's header (`bytes` holds the whole file; `path` is for
+/// messages): names with dtypes, shapes and absolute byte ranges, all bounds-checked.
+pub fn parse_safetensors_header(bytes: &[u8], path: &Path) -> Result<Vec<(String, TensorInfo)>> {
+    safetensors::read_header(bytes, path)
+}
+
 /// The `weight_map` of a safetensors index: tensor name → shard file name.
 fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    parse_index(&text, index)
+}
+
+/// Parses the text of a `model.safetensors.index.json` (`index` is for messages) into its
+/// `weight_map`: tensor name → shard file name (plain file names only).
+pub fn parse_index(text: &str, index: &Path) -> Result<BTreeMap<String, String>> {
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::bad_checkpoint(index, e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| Error::bad_checkpoint(index, e.to_string()))?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())

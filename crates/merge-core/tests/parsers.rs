@@ -1,0 +1,187 @@
+//! Property tests of every parser of untrusted input: thousands of generated inputs each
+//! (random bytes, and valid files with bytes flipped, inserted, removed or cut off) must give
+//! `Ok` or an error, never a panic, a hang or an out-of-bounds read. Long runs of the same
+//! entry points live in `fuzz/` (cargo-fuzz).
+
+use std::path::{Path, PathBuf};
+
+use merge_core::checkpoint::{parse_index, parse_safetensors_header};
+use merge_core::gguf::file::{GgufFile, GgufLayout, GgufValue, TensorSpec};
+use merge_core::gguf::tokenizer::SpModel;
+use merge_core::gguf::types::GgmlType;
+use merge_core::recipe::Recipe;
+use merge_core::torch;
+use proptest::prelude::*;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// One edit of a valid input.
+#[derive(Debug, Clone)]
+enum Edit {
+    Flip(usize, u8),
+    Insert(usize, Vec<u8>),
+    Remove(usize, usize),
+    Truncate(usize),
+}
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let edit = prop_oneof![
+        (any::<usize>(), 1..=255u8).prop_map(|(i, x)| Edit::Flip(i, x)),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(i, b)| Edit::Insert(i, b)),
+        (any::<usize>(), 1..64usize).prop_map(|(i, n)| Edit::Remove(i, n)),
+        any::<usize>().prop_map(Edit::Truncate),
+    ];
+    prop::collection::vec(edit, 1..4)
+}
+
+fn apply(valid: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut v = valid.to_vec();
+    for e in edits {
+        let n = v.len().max(1);
+        match e {
+            Edit::Flip(i, x) => {
+                if !v.is_empty() {
+                    v[i % n] ^= x;
+                }
+            }
+            Edit::Insert(i, b) => {
+                let at = i % (v.len() + 1);
+                v.splice(at..at, b.iter().copied());
+            }
+            Edit::Remove(i, k) => {
+                let at = i % n;
+                let end = (at + k).min(v.len());
+                if at < end {
+                    v.drain(at..end);
+                }
+            }
+            Edit::Truncate(i) => v.truncate(i % n),
+        }
+    }
+    v
+}
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn safetensors_sample() -> Vec<u8> {
+    let header = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]}}"#;
+    let mut v = (header.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(header.as_bytes());
+    v.extend(std::iter::repeat_n(7u8, 22));
+    v
+}
+
+fn gguf_sample() -> Vec<u8> {
+    let meta = vec![
+        (
+            "general.architecture".to_string(),
+            GgufValue::String("llama".into()),
+        ),
+        ("llama.block_count".to_string(), GgufValue::U32(1)),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            GgufValue::string_array(["a", "b"]),
+        ),
+    ];
+    let specs = vec![TensorSpec {
+        name: "t".into(),
+        dims: vec![32, 2],
+        ty: GgmlType::Q8_0,
+    }];
+    let layout = GgufLayout::new(&meta, &specs).unwrap();
+    let mut v = layout.header().to_vec();
+    v.resize(layout.total_size() as usize, 0);
+    v
+}
+
+proptest! {
+    #![proptest_config(config(3000))]
+
+    #[test]
+    fn safetensors_header(bytes in prop::collection::vec(any::<u8>(), 0..256), e in edits()) {
+        let _ = parse_safetensors_header(&bytes, Path::new("x.safetensors"));
+        let edited = apply(&safetensors_sample(), &e);
+        let _ = parse_safetensors_header(&edited, Path::new("x.safetensors"));
+    }
+
+    #[test]
+    fn sharded_index(text in ".{0,200}", e in edits()) {
+        let _ = parse_index(&text, Path::new("i.json"));
+        let valid = br#"{"metadata":{"total_size":10},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#;
+        let edited = apply(valid, &e);
+        let _ = parse_index(&String::from_utf8_lossy(&edited), Path::new("i.json"));
+    }
+
+    #[test]
+    fn gguf_reader(bytes in prop::collection::vec(any::<u8>(), 0..256), e in edits()) {
+        let _ = GgufFile::from_bytes(&bytes, "x.gguf");
+        let edited = apply(&gguf_sample(), &e);
+        let _ = GgufFile::from_bytes(&edited, "x.gguf");
+    }
+
+    #[test]
+    fn sentencepiece_model(bytes in prop::collection::vec(any::<u8>(), 0..256), e in edits()) {
+        let _ = SpModel::parse(&bytes);
+        let valid = std::fs::read(fixtures().join("gguf/model/gguf-mistral-spm/tokenizer.model")).unwrap();
+        let _ = SpModel::parse(&apply(&valid, &e));
+    }
+
+    #[test]
+    fn recipe_yaml(text in "[ -~\n]{0,200}", e in edits()) {
+        let _ = Recipe::parse(&text, Path::new("r.yml"), Path::new("."));
+        let valid = std::fs::read(fixtures().join("recipes/ties.yml")).unwrap();
+        let edited = String::from_utf8_lossy(&apply(&valid, &e)).into_owned();
+        let _ = Recipe::parse(&edited, Path::new("r.yml"), Path::new("."));
+    }
+}
+
+proptest! {
+    #![proptest_config(config(1500))]
+
+    #[test]
+    fn torch_zip_and_pickle(bytes in prop::collection::vec(any::<u8>(), 0..256), e in edits()) {
+        let _ = torch::read_torch_tensors(&bytes, Path::new("x.bin"));
+        let _ = torch::zip::read_entries(&bytes);
+        let _ = torch::pickle::unpickle(&bytes);
+        for f in ["torch/malicious/pytorch_model.bin", "torch/tiny-llama-ft1-bin/pytorch_model.bin"] {
+            let valid = std::fs::read(fixtures().join(f)).unwrap();
+            let edited = apply(&valid, &e);
+            let _ = torch::read_torch_tensors(&edited, Path::new("x.bin"));
+        }
+    }
+
+    #[test]
+    fn pickle_streams(e in edits()) {
+        // the pickle of the malicious fixture, edited: refused or parsed, never executed
+        let valid = std::fs::read(fixtures().join("torch/malicious/pytorch_model.bin")).unwrap();
+        if let Ok(entries) = torch::zip::read_entries(&valid) {
+            for en in entries.iter().filter(|en| en.name.ends_with("data.pkl")) {
+                if let Ok(r) = en.stored_data() {
+                    let _ = torch::pickle::unpickle(&apply(&valid[r], &e));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_valid_samples_parse() {
+    assert_eq!(
+        parse_safetensors_header(&safetensors_sample(), Path::new("x"))
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(GgufFile::from_bytes(&gguf_sample(), "x.gguf").is_ok());
+    let sp = std::fs::read(fixtures().join("gguf/model/gguf-mistral-spm/tokenizer.model")).unwrap();
+    assert!(SpModel::parse(&sp).is_ok());
+}
