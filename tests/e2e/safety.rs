@@ -441,3 +441,39 @@ fn a_layer_count_that_is_not_a_number_is_an_error_naming_the_key() {
         assert_fails(&o, &["num_hidden_layers", &bad.to_string(), "config.json"]);
     }
 }
+
+#[test]
+fn density_outside_0_1_is_an_error_naming_the_key_and_t_beyond_1_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path());
+    let r = recipe(
+        tmp.path(),
+        "models:\n  - model: b\n    parameters: {weight: 1.0, density: 1.5}\nmerge_method: ties\nbase_model: a\n",
+    );
+    let o = smelt()
+        .arg("run")
+        .arg(&r)
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert_fails(
+        &o,
+        &["parameter `density` = 1.5 is outside [0, 1]", "model `b`"],
+    );
+    assert_no_output(tmp.path(), "out");
+    let r = recipe(
+        tmp.path(),
+        "models:\n  - model: a\n  - model: b\nmerge_method: slerp\nbase_model: a\nparameters: {t: 1.2}\n",
+    );
+    let o = smelt()
+        .arg("run")
+        .arg(&r)
+        .arg(tmp.path().join("out2"))
+        .output()
+        .unwrap();
+    let e = assert_ok(&o);
+    assert!(
+        e.contains("`t` = 1.2 is outside [0, 1]") && e.contains("extrapolates"),
+        "{e}"
+    );
+}

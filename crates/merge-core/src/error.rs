@@ -81,6 +81,20 @@ pub enum Error {
     /// The plan cannot be built from this recipe and these models.
     #[error("{0}")]
     Plan(String),
+    /// A parameter value outside the values that make sense.
+    #[error("parameter `{name}` = {value} is outside [{lo}, {hi}] ({at})")]
+    ParamOutOfRange {
+        /// The parameter.
+        name: String,
+        /// Its value.
+        value: f64,
+        /// Smallest meaningful value.
+        lo: f64,
+        /// Largest meaningful value.
+        hi: f64,
+        /// Where it applies (model and tensor).
+        at: String,
+    },
     /// A merge produced NaN or infinite values from finite inputs.
     #[error(
         "{method} merge of `{tensor}` produced {what} from finite inputs; no model was written"

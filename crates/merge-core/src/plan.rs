@@ -414,6 +414,7 @@ pub fn build(recipe: &Recipe, models: Vec<PlanModel>, opts: &PlanOptions) -> Res
         ctx.push_tensor(&mut tensors, w, &w.name, last, 0, 0.0)?;
     }
     warn_unused(&models, &tensors, &mut warnings);
+    warnings.extend(unusual_values(method, &tensors));
 
     // config and donor
     let donor = recipe.donor().map(|d| idx(&d));
@@ -771,7 +772,27 @@ impl Ctx<'_> {
                 .iter()
                 .find_map(|l| l.get(spec.name).and_then(|(s, _)| s.eval(name, t)));
             match v.or(spec.default) {
-                Some(v) => out.push((spec.name, v)),
+                Some(v) => {
+                    if let Some(r) = spec.range
+                        && r.strict
+                        && !r.contains(v)
+                    {
+                        return Err(Error::ParamOutOfRange {
+                            name: spec.name.to_string(),
+                            value: v,
+                            lo: r.lo,
+                            hi: r.hi,
+                            at: match model {
+                                Some(m) => format!(
+                                    "model `{}`, tensor `{oname}`",
+                                    self.models[m].reference
+                                ),
+                                None => format!("tensor `{oname}`"),
+                            },
+                        });
+                    }
+                    out.push((spec.name, v))
+                }
                 None if spec.required && !(scope == Scope::PerModel && is_base) => {
                     let who = model
                         .map(|m| format!(" for model `{}`", self.models[m].reference))
@@ -787,6 +808,35 @@ impl Ctx<'_> {
         }
         Ok(ParamValues(out))
     }
+}
+
+/// One warning per parameter value outside its usual range (extrapolation some people use on
+/// purpose, e.g. SLERP's `t` beyond [0, 1]), naming the first tensor it applies to.
+fn unusual_values(method: &dyn MergeMethod, tensors: &[PlannedTensor]) -> Vec<String> {
+    let mut seen: Vec<(&str, u64)> = Vec::new();
+    let mut out = Vec::new();
+    for t in tensors {
+        let sets = std::iter::once(&t.global).chain(t.sources.iter().map(|s| &s.params));
+        for (name, v) in sets.flat_map(|p| p.0.iter()) {
+            let Some(r) = method
+                .info()
+                .params
+                .iter()
+                .find(|s| s.name == *name)
+                .and_then(|s| s.range)
+            else {
+                continue;
+            };
+            if !r.strict && !r.contains(*v) && !seen.contains(&(name, v.to_bits())) {
+                seen.push((name, v.to_bits()));
+                out.push(format!(
+                    "`{name}` = {v} is outside [{}, {}] (first at tensor `{}`): the merge extrapolates",
+                    r.lo, r.hi, t.name
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn warn_unused(models: &[PlanModel], tensors: &[PlannedTensor], warnings: &mut Vec<String>) {

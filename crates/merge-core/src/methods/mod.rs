@@ -80,9 +80,49 @@ pub struct ParamSpec {
     pub default: Option<f64>,
     /// Whether a value is mandatory (per-model parameters are never required of the base).
     pub required: bool,
+    /// The values that make sense, if limited, and what a value outside them is.
+    pub range: Option<ParamRange>,
+}
+
+/// The meaningful values of a parameter: `lo..=hi`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ParamRange {
+    /// Smallest meaningful value.
+    pub lo: f64,
+    /// Largest meaningful value.
+    pub hi: f64,
+    /// Whether a value outside is an error (else a warning: some people extrapolate on purpose).
+    pub strict: bool,
+}
+
+impl ParamRange {
+    /// Whether `v` lies in the range.
+    pub fn contains(&self, v: f64) -> bool {
+        (self.lo..=self.hi).contains(&v)
+    }
 }
 
 impl ParamSpec {
+    /// The same parameter, refused outside `lo..=hi`.
+    pub const fn within(mut self, lo: f64, hi: f64) -> Self {
+        self.range = Some(ParamRange {
+            lo,
+            hi,
+            strict: true,
+        });
+        self
+    }
+
+    /// The same parameter, with a warning outside `lo..=hi`.
+    pub const fn usually_within(mut self, lo: f64, hi: f64) -> Self {
+        self.range = Some(ParamRange {
+            lo,
+            hi,
+            strict: false,
+        });
+        self
+    }
+
     /// A required per-model number.
     pub const fn model_required(name: &'static str) -> Self {
         ParamSpec {
@@ -91,6 +131,7 @@ impl ParamSpec {
             kind: Kind::Number,
             default: None,
             required: true,
+            range: None,
         }
     }
     /// A per-model number with a default.
@@ -101,6 +142,7 @@ impl ParamSpec {
             kind: Kind::Number,
             default: Some(default),
             required: false,
+            range: None,
         }
     }
     /// An optional per-model number with no default.
@@ -111,6 +153,7 @@ impl ParamSpec {
             kind: Kind::Number,
             default: None,
             required: false,
+            range: None,
         }
     }
     /// A required global number.
@@ -121,6 +164,7 @@ impl ParamSpec {
             kind: Kind::Number,
             default: None,
             required: true,
+            range: None,
         }
     }
     /// A global number with a default.
@@ -131,6 +175,7 @@ impl ParamSpec {
             kind: Kind::Number,
             default: Some(default),
             required: false,
+            range: None,
         }
     }
     /// A global boolean with a default.
@@ -141,6 +186,7 @@ impl ParamSpec {
             kind: Kind::Bool,
             default: Some(if default { 1.0 } else { 0.0 }),
             required: false,
+            range: None,
         }
     }
 }

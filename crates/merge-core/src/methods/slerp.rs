@@ -45,7 +45,7 @@ static INFO: MethodInfo = MethodInfo {
     name: "slerp",
     pretty_name: "SLERP",
     url: Some("https://en.wikipedia.org/wiki/Slerp"),
-    params: &[ParamSpec::global_required("t")],
+    params: &[ParamSpec::global_required("t").usually_within(0.0, 1.0)],
     base: BaseUse::Required,
     rectify_embeddings: true,
     result_dtype: None,

@@ -461,7 +461,7 @@ macro_rules! family_method {
             url: Some($url),
             params: &[
                 $crate::methods::ParamSpec::model_required("weight"),
-                $crate::methods::ParamSpec::model("density", 1.0),
+                $crate::methods::ParamSpec::model("density", 1.0).within(0.0, 1.0),
                 $($extra,)*
                 GLOBAL[0],
                 GLOBAL[1],
