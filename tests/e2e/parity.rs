@@ -10,10 +10,14 @@ use std::process::Command;
 use crate::util::*;
 
 /// Recipes not expected to pass yet, with why.
-const NOT_YET: &[(&str, &str)] = &[];
+const NOT_YET: &[(&str, &str)] = &[(
+    "arcee_fusion",
+    "394 of 213,568 values take the other side of the importance mask (issue 11)",
+)];
 
 /// Recipes whose output must be byte-identical to mergekit's.
 const BIT_EXACT: &[&str] = &[
+    "linear_bf16",
     "linear_weighted",
     "linear_nonorm_f16out",
     "task_arithmetic",

@@ -5,9 +5,15 @@
 //! `acc = fma(wᵢ, xᵢ, acc)` starting from 0 (checked against mergekit's own output, where a
 //! separately rounded product differs in ~20% of elements). We use the CPU's fused
 //! multiply-add ([`fma_pass`]; a correctly rounded software FMA where there is none), so each
-//! step is rounded once, as PyTorch's is. Weights are first rounded to the math
-//! dtype; the sum is rounded to it once, then divided by Σ wᵢ (summed the same way) when
-//! `normalize`. A base model, if set, is an ordinary input that needs a weight.
+//! step is rounded once, as PyTorch's is.
+//!
+//! Half-precision recipes (`dtype: bfloat16` / `float16`) are computed as mergekit 0.1.5
+//! computes them: the inputs rounded to the math dtype, then everything in float32 (the
+//! weights as float32 values, not rounded to bf16; the FMA chain; the division by the float32
+//! weight sum), rounded to the math dtype once at the end. Bit-identical to mergekit on the
+//! public `linear_bf16` fixture (rounding the weights and the undivided sum to bf16 along the
+//! way, as smelt did before, differed in ~27% of values by one ulp). A base model, if set, is
+//! an ordinary input that needs a weight.
 
 use super::round::{Round, with_round};
 use super::{BaseUse, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
@@ -40,10 +46,10 @@ impl MergeMethod for Linear {
         let weights: Vec<f32> = ctx
             .inputs
             .iter()
-            .map(|i: &Input| weight_of(i).map(|w| m.round(w as f32)))
+            .map(|i: &Input| weight_of(i).map(|w| w as f32))
             .collect::<Result<_, _>>()?;
         let normalize = ctx.global.flag("normalize", true);
-        let divisor = m.round(weights.iter().fold(0.0f32, |a, w| a + w));
+        let divisor = weights.iter().fold(0.0f32, |a, w| a + w);
         if normalize && divisor == 0.0 {
             return Err(format!(
                 "the weights ({}) sum to 0 and `normalize` is on, so every value would be divided by 0; change the weights or set `normalize: false`",
@@ -64,19 +70,18 @@ impl MergeMethod for Linear {
     }
 }
 
-/// The sum rounded to the math dtype, then divided by the weight sum and rounded again.
+/// The float32 sum divided by the float32 weight sum, then rounded to the math dtype once.
 fn finish<R: Round>(out: &mut [f32], divisor: Option<f32>) {
     if R::DTYPE == DType::F16 {
         // f16 rounds a slice at a time (F16C), not an element at a time
-        R::DTYPE.round_slice(out);
         if let Some(d) = divisor {
             out.iter_mut().for_each(|o| *o /= d);
-            R::DTYPE.round_slice(out);
         }
+        R::DTYPE.round_slice(out);
         return;
     }
     match divisor {
-        Some(d) => out.iter_mut().for_each(|o| *o = R::round(R::round(*o) / d)),
+        Some(d) => out.iter_mut().for_each(|o| *o = R::round(*o / d)),
         None => out.iter_mut().for_each(|o| *o = R::round(*o)),
     }
 }
@@ -164,8 +169,12 @@ mod tests {
     }
 
     #[test]
-    fn bf16_weights_are_rounded() {
-        let a = [1.0f32];
+    fn bf16_math_rounds_once_at_the_end() {
+        // float32 weights: 0.3·1 + 0.3·1 = 0.6 (0.6f32 rounds to bf16 0.6015625); rounding
+        // each weight to bf16 first would give 2·0.30078125 = 0.6015625 as well, so use a
+        // case where the two differ: 0.3·3 in f32 is 0.90000004 → bf16 0.8984375, while
+        // bf16(0.3)·3 = 0.90234375
+        let a = [3.0f32];
         let out = run(
             &Linear,
             &[(&a, false, p(&[("weight", 0.3)]))],
@@ -173,6 +182,6 @@ mod tests {
             DType::BF16,
         )
         .unwrap();
-        assert_eq!(out, vec![0.30078125]);
+        assert_eq!(out, vec![0.8984375]);
     }
 }
