@@ -17,4 +17,5 @@ mod recipes;
 mod safety;
 mod streaming;
 mod util;
+mod verdicts;
 mod vocab;

@@ -522,11 +522,8 @@ fn chat_templates_builtin_auto_literal_and_copy() {
     // a literal template without a tokenizer option: the donor's files are copied with it,
     // and generation_config.json is not
     let lit = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}";
-    let r = linear3(
-        tmp.path(),
-        &[&b, &b],
-        &format!("chat_template: \"{lit}\"\n"),
-    );
+    // (one model: a model listed twice is an error, as in mergekit)
+    let r = linear3(tmp.path(), &[&b], &format!("chat_template: \"{lit}\"\n"));
     let out = tmp.path().join("literal");
     run_ok(&r, &out, &[]);
     assert_eq!(tc(&out)["chat_template"], lit);

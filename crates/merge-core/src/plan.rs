@@ -240,6 +240,7 @@ struct SliceSpec<'a> {
 /// Builds the plan for `recipe` over the opened `models`.
 pub fn build(recipe: &Recipe, models: Vec<PlanModel>, opts: &PlanOptions) -> Result<Plan> {
     let method = lookup_method(recipe)?;
+    check_structure(recipe, method)?;
     let mut warnings = recipe.warnings.clone();
     warnings.extend(check_params(recipe, method)?);
     let vocab_opts = crate::vocab::VocabOptions::from_recipe(recipe)?;
@@ -864,11 +865,102 @@ fn warn_unused(models: &[PlanModel], tensors: &[PlannedTensor], warnings: &mut V
     }
 }
 
+/// The structural rules mergekit enforces when it plans, which the recipe alone shows: no
+/// model listed twice as an input (of the merge or of one slice); the sources of a slice
+/// whose `layer_range`s are all given span the same number of layers; a slice's base model
+/// (its own or the global one) is one of its sources; `slerp` merges exactly two sources.
+pub fn check_structure(recipe: &Recipe, method: &dyn MergeMethod) -> Result<()> {
+    for (i, m) in recipe.models.iter().enumerate() {
+        if let Some(first) = recipe.models[..i].iter().find(|o| o.model == m.model) {
+            return Err(recipe.error(
+                m.pos,
+                format!(
+                    "model `{}` is listed twice (first at line {}); each input may appear once",
+                    m.model, first.pos.line
+                ),
+            ));
+        }
+    }
+    // a base_model missing from `models:` is added as an input, as mergekit does
+    let inputs = recipe.models.len()
+        + usize::from(
+            recipe
+                .base_model
+                .as_ref()
+                .is_some_and(|b| !recipe.models.iter().any(|m| &m.model == b)),
+        );
+    if method.info().name == "slerp" && !recipe.models.is_empty() && inputs != 2 {
+        return Err(recipe.error(
+            recipe.merge_method_pos,
+            format!("slerp merges exactly two models (a base_model and one other), got {inputs}"),
+        ));
+    }
+    for (si, s) in recipe.slices.iter().enumerate() {
+        check_slice(recipe, method, si, s)?;
+    }
+    Ok(())
+}
+
+fn check_slice(
+    recipe: &Recipe,
+    method: &dyn MergeMethod,
+    si: usize,
+    s: &crate::recipe::Slice,
+) -> Result<()> {
+    let n = si + 1;
+    for (i, src) in s.sources.iter().enumerate() {
+        if s.sources[..i].iter().any(|o| o.model == src.model) {
+            return Err(recipe.error(
+                src.pos,
+                format!("slice {n}: model `{}` is a source twice", src.model),
+            ));
+        }
+    }
+    let lens: Vec<i64> = s
+        .sources
+        .iter()
+        .filter_map(|src| src.layer_range.map(|(a, b)| b - a))
+        .collect();
+    if lens.len() == s.sources.len() && lens.windows(2).any(|w| w[0] != w[1]) {
+        return Err(recipe.error(
+            s.pos,
+            format!(
+                "slice {n}: all sources must have the same number of layers (their layer_ranges span {})",
+                lens.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    if method.info().name == "slerp" && s.sources.len() != 2 {
+        return Err(recipe.error(
+            s.pos,
+            format!(
+                "slice {n}: slerp merges exactly two sources, got {}",
+                s.sources.len()
+            ),
+        ));
+    }
+    let base = s.base_model.as_ref().or(recipe.base_model.as_ref());
+    if let Some(b) = base
+        && method.info().base != BaseUse::None
+        && s.sources.len() > 1
+        && !s.sources.iter().any(|src| &src.model == b)
+    {
+        return Err(recipe.error(
+            s.pos,
+            format!(
+                "slice {n}: the base model `{b}` is not one of its sources; add it to the slice's sources"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Lints a recipe without opening any model: the method exists, every parameter is known to
 /// it with a usable value, required parameters are set for every model, a base is given
 /// where the method needs one, and no unsupported option is used. Returns the warnings.
 pub fn check_recipe(recipe: &Recipe) -> Result<Vec<String>> {
     let method = lookup_method(recipe)?;
+    check_structure(recipe, method)?;
     let mut warnings = recipe.warnings.clone();
     warnings.extend(check_params(recipe, method)?);
     crate::vocab::VocabOptions::from_recipe(recipe)?.check_models(recipe)?;
