@@ -32,7 +32,6 @@ use super::rng::RngKey;
 use super::round::{Round, with_round};
 use super::sparsify::{self, CHUNK, Delta, Mask, Values, round_scalar};
 use super::{ChunkSink, ChunkSource, MergeCtx, ParamSpec};
-use crate::dtype::DType;
 use crate::exec::{recycle, scratch};
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -83,7 +82,6 @@ struct Prepared {
     w: f32,
     mask: Mask,
     factor: Option<f32>,
-    work: DType,
 }
 
 fn param(i: &super::Input, name: &str) -> Result<f64, String> {
@@ -122,7 +120,6 @@ fn prepare<R: Round, V: Values>(
     f: &Family,
     ctx: &MergeCtx<'_>,
     n: usize,
-    lazy: bool,
     delta: impl Fn(usize) -> V,
 ) -> Result<(Vec<Prepared>, Finish), String> {
     let m = ctx.math;
@@ -149,11 +146,7 @@ fn prepare<R: Round, V: Values>(
             }
             Sparsification::Random => {
                 let work = sparsify::random_work_dtype(m);
-                let mask = if lazy {
-                    sparsify::bernoulli_lazy(density, work, rng, idx as u32, ctx.offset)
-                } else {
-                    sparsify::bernoulli(n, density, work, rng, idx as u32, ctx.offset)
-                };
+                let mask = sparsify::bernoulli(n, density, work, rng, idx as u32, ctx.offset);
                 (mask, work)
             }
             Sparsification::DellaMagprune => {
@@ -164,15 +157,9 @@ fn prepare<R: Round, V: Values>(
                 } else {
                     &[]
                 };
-                let mask = if lazy {
-                    sparsify::della_magprune_lazy(
-                        n, shape, density, eps, work, rng, idx as u32, ctx.offset,
-                    )
-                } else {
-                    sparsify::della_magprune(
-                        &delta, shape, density, eps, work, rng, idx as u32, ctx.offset,
-                    )
-                }
+                let mask = sparsify::della_magprune(
+                    &delta, shape, density, eps, work, rng, idx as u32, ctx.offset,
+                )
                 .map_err(|e| format!("{e} (model {})", inp.model))?;
                 (mask, work)
             }
@@ -187,7 +174,6 @@ fn prepare<R: Round, V: Values>(
             w,
             mask,
             factor,
-            work,
         });
     }
     // scalar divisor of the no-consensus branch
@@ -208,63 +194,92 @@ fn prepare<R: Round, V: Values>(
     Ok((prepared, finish))
 }
 
+/// Elements per block of the final pass: small enough that a block's per-model buffers stay
+/// in the L1/L2 cache.
+const BLOCK: usize = 1024;
+
 /// The final pass over elements `start..start + oc.len()`: `bs` holds the base's values
-/// there, `xs[k]` those of the `k`-th prepared input, `delta(i)` is input `i`'s task vector
-/// (read again only by a lazy DELLA mask). Every element depends only on its own inputs, so
-/// any chunking gives the same bits.
+/// there, `xs[k]` those of the `k`-th prepared input. Every element depends only on its own
+/// inputs, so any chunking gives the same bits.
 ///
-/// The pass works in model-major order: first each model's weighted sparsified deltas for
-/// the whole range, then the combination across models. Every loop is a plain element-wise
-/// loop the compiler can vectorise; the per-element arithmetic and the model order of every
-/// sum are those described in the module docs.
-#[allow(clippy::too_many_arguments)]
-fn finish_range<R: Round, V: Values>(
+/// The pass runs block by block ([`BLOCK`] elements), model-major within a block: first each
+/// model's weighted sparsified deltas, then the combination across models. Every loop is a
+/// plain element-wise loop the compiler can vectorise; the per-element arithmetic and the
+/// model order of every sum are those described in the module docs.
+fn finish_range<R: Round>(
     prepared: &[Prepared],
     fin: &Finish,
-    delta: &impl Fn(usize) -> V,
     start: usize,
     bs: &[f32],
     xs: &[&[f32]],
     oc: &mut [f32],
 ) {
     let len = oc.len();
-    let mut om = vec![0.0f32; prepared.len() * len];
-    for ((p, x), dst) in prepared.iter().zip(xs).zip(om.chunks_exact_mut(len)) {
-        for ((d, x), b) in dst.iter_mut().zip(x.iter()).zip(bs) {
-            *d = R::round(x - b);
+    let mut om = vec![0.0f32; prepared.len() * BLOCK];
+    for b0 in (0..len).step_by(BLOCK) {
+        let r = b0..(b0 + BLOCK).min(len);
+        let bl = r.len();
+        for ((p, x), dst) in prepared.iter().zip(xs).zip(om.chunks_exact_mut(BLOCK)) {
+            weighted_delta::<R>(p, start + b0, &x[r.clone()], &bs[r.clone()], &mut dst[..bl]);
         }
-        if !p.mask.is_all() {
-            p.mask.apply_range(&delta(p.input), start, dst);
-        }
-        if let Some(f) = p.factor {
-            // the work dtype is the math dtype or f32: one rounding to the math dtype
+        combine::<R>(prepared, fin, &om, &bs[r.clone()], &mut oc[r]);
+    }
+}
+
+/// One model's `ωᵢ = round(δᵢ' · wᵢ)` over a block: `δᵢ = round(x − base)`, masked, rescaled.
+fn weighted_delta<R: Round>(p: &Prepared, start: usize, x: &[f32], bs: &[f32], dst: &mut [f32]) {
+    for ((d, x), b) in dst.iter_mut().zip(x).zip(bs) {
+        *d = R::round(x - b);
+    }
+    if !p.mask.is_all() {
+        p.mask.apply_range(start, dst);
+    }
+    let w = p.w;
+    match p.factor {
+        // the work dtype is the math dtype or f32: `round_dyn(work, d·f)` rounded to the math
+        // dtype is `round(d·f)` either way
+        Some(f) => {
             for d in dst.iter_mut() {
-                *d = sparsify::apply::<R>(*d, true, Some(f), p.work);
+                *d = R::round(R::round(*d * f) * w);
             }
         }
-        let w = p.w;
-        for d in dst.iter_mut() {
-            *d = R::round(*d * w);
+        None => {
+            for d in dst.iter_mut() {
+                *d = R::round(*d * w);
+            }
         }
     }
-    let mut mixed = vec![0.0f32; len];
-    let mut divisor = Vec::new();
-    for src in om.chunks_exact(len) {
+}
+
+/// Combines the weighted deltas `om` (model-major, [`BLOCK`] apart) of one block with the
+/// base values `bs` into `oc`.
+fn combine<R: Round>(prepared: &[Prepared], fin: &Finish, om: &[f32], bs: &[f32], oc: &mut [f32]) {
+    let bl = oc.len();
+    let mut mixed = [0.0f32; BLOCK];
+    let mixed = &mut mixed[..bl];
+    for src in om.chunks_exact(BLOCK) {
         for (s, o) in mixed.iter_mut().zip(src) {
             *s += o;
         }
     }
+    let mut divisor = [fin.plain_divisor; BLOCK];
+    let divisor = &mut divisor[..bl];
     if fin.consensus {
         // `mixed` holds Σ ω: elect, then sum the agreeing values and weights
-        let positive: Vec<bool> = mixed
-            .iter()
-            .map(|s| consensus::elect(Consensus::Sum, &[*s], R::round))
-            .collect();
-        mixed.iter_mut().for_each(|s| *s = 0.0);
-        divisor = vec![0.0f32; len];
-        for (p, src) in prepared.iter().zip(om.chunks_exact(len)) {
+        let mut positive = [false; BLOCK];
+        for (pos, s) in positive.iter_mut().zip(mixed.iter()) {
+            *pos = consensus::elect(Consensus::Sum, &[*s], R::round);
+        }
+        mixed.fill(0.0);
+        divisor.fill(0.0);
+        for (p, src) in prepared.iter().zip(om.chunks_exact(BLOCK)) {
             let w = p.w;
-            for (((s, dv), o), pos) in mixed.iter_mut().zip(&mut divisor).zip(src).zip(&positive) {
+            for (((s, dv), o), pos) in mixed
+                .iter_mut()
+                .zip(divisor.iter_mut())
+                .zip(src)
+                .zip(&positive)
+            {
                 let a = consensus::agrees(*o, *pos);
                 *s += sparsify::select_f32(a, *o);
                 *dv += sparsify::select_f32(a, w);
@@ -275,20 +290,22 @@ fn finish_range<R: Round, V: Values>(
             *dv = if d == 0.0 { 1.0 } else { d };
         }
     }
-    for (l, ((o, s), b)) in oc.iter_mut().zip(&mixed).zip(bs).enumerate() {
-        let div = if fin.consensus {
-            divisor[l]
-        } else {
-            fin.plain_divisor
-        };
-        let mut m = R::round(*s);
-        if fin.normalize {
-            m = R::round(m / div);
+    // one loop per step, so that each is a plain vectorisable loop
+    for s in mixed.iter_mut() {
+        *s = R::round(*s);
+    }
+    if fin.normalize {
+        for (s, div) in mixed.iter_mut().zip(divisor.iter()) {
+            *s = R::round(*s / div);
         }
-        if let Some(lf) = fin.lambda_f {
-            m = R::round(m * lf);
+    }
+    if let Some(lf) = fin.lambda_f {
+        for s in mixed.iter_mut() {
+            *s = R::round(*s * lf);
         }
-        *o = R::round(b + m);
+    }
+    for ((o, s), b) in oc.iter_mut().zip(mixed.iter()).zip(bs) {
+        *o = R::round(b + s);
     }
 }
 
@@ -299,7 +316,7 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
         return Err(format!("inputs and output differ in length (output {n})"));
     }
     let delta = |i: usize| Delta::<R>::new(ctx.inputs[i].data, base);
-    let (prepared, fin) = prepare::<R, _>(f, ctx, n, false, delta)?;
+    let (prepared, fin) = prepare::<R, _>(f, ctx, n, delta)?;
     if prepared.is_empty() {
         out.copy_from_slice(base);
         return Ok(());
@@ -312,7 +329,7 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
             .iter()
             .map(|p| &ctx.inputs[p.input].data[r.clone()])
             .collect();
-        finish_range::<R, _>(prepared, fin, &delta, start, &base[r.clone()], &xs, oc);
+        finish_range::<R>(prepared, fin, start, &base[r.clone()], &xs, oc);
     });
     Ok(())
 }
@@ -393,7 +410,7 @@ fn stream_with<R: Round>(
         err: &err,
         _round: PhantomData,
     };
-    let (prepared, fin) = prepare::<R, _>(f, ctx, n, true, delta)?;
+    let (prepared, fin) = prepare::<R, _>(f, ctx, n, delta)?;
     take_err(&err)?;
     let (prepared, fin) = (&prepared, &fin);
     (0..n.div_ceil(chunk)).into_par_iter().try_for_each(|c| {
@@ -417,7 +434,7 @@ fn stream_with<R: Round>(
                 })
                 .collect::<Result<_, String>>()?;
             let xs: Vec<&[f32]> = bufs.iter().map(|b| &b[..]).collect();
-            finish_range::<R, _>(prepared, fin, &delta, start, &bs, &xs, &mut o);
+            finish_range::<R>(prepared, fin, start, &bs, &xs, &mut o);
             for b in bufs {
                 recycle(b);
             }
@@ -515,6 +532,7 @@ pub(crate) mod tests {
     use super::super::MergeMethod;
     use super::super::testutil::{p, run};
     use super::*;
+    use crate::dtype::DType;
 
     /// Runs `method` with base 0-offset inputs given as (values, weight, density).
     pub(crate) fn run_family(
