@@ -512,6 +512,11 @@ macro_rules! family_method {
                 !$elementwise
             }
 
+            fn prefers_streaming(&self) -> bool {
+                // the passes re-read chunks instead of holding every input whole as f32
+                true
+            }
+
             fn merge_streaming(
                 &self,
                 ctx: &$crate::methods::MergeCtx<'_>,
