@@ -86,7 +86,7 @@ impl RngKey {
         }
         #[cfg(not(target_arch = "x86_64"))]
         self.keep_words_portable(model, first, t, out);
-        if n % 64 != 0 {
+        if !n.is_multiple_of(64) {
             // the draws past the end are computed (they are pure) but never kept
             out[n / 64] &= (1u64 << (n % 64)) - 1;
         }

@@ -179,6 +179,7 @@ impl TopSet {
     }
 
     /// The membership test for chunk `chunk` (the same for every chunk).
+    #[inline(always)]
     pub fn cursor(&self, _chunk: usize) -> TopCursor {
         *self
     }
@@ -504,6 +505,7 @@ pub enum MaskCursor<'a> {
 
 impl Mask {
     /// The cursor for chunk `chunk` (elements `chunk·CHUNK ..` of the slice).
+    #[inline(always)]
     pub fn cursor(&self, chunk: usize) -> MaskCursor<'_> {
         match self {
             Mask::All => MaskCursor::Const(true),
@@ -523,6 +525,7 @@ impl Mask {
     /// Zeroes the dropped elements of `dst`, which holds the values of the task vector at
     /// elements `start..start + dst.len()`. Any range gives the same result as the whole
     /// tensor.
+    #[inline(always)]
     pub fn apply_range(&self, start: usize, dst: &mut [f32]) {
         self.cursor(start / CHUNK).apply(start, dst)
     }
@@ -543,6 +546,7 @@ impl Mask {
 impl TopSet {
     /// The local positions `..cut` of a range of `len` elements starting at `start` whose ties
     /// are in (0 for the empty set).
+    #[inline(always)]
     fn cut(&self, start: usize, len: usize) -> usize {
         if self.empty {
             return 0;
@@ -552,6 +556,7 @@ impl TopSet {
 
     /// The key threshold: an element is in when `key + tie > threshold`, with `tie` 1 where
     /// ties are in and 0 elsewhere (keys are at most `0x7fff_ffff`: no overflow).
+    #[inline(always)]
     fn threshold(&self) -> u32 {
         if self.empty { u32::MAX } else { self.key }
     }
@@ -559,6 +564,7 @@ impl TopSet {
     /// Zeroes the elements of `dst` (elements `start..` of the slice) that are not in the set.
     /// Indices are compared once per range, not per element: before `last` every tie is in,
     /// after it none is.
+    #[inline(always)]
     fn apply(&self, start: usize, dst: &mut [f32]) {
         let cut = self.cut(start, dst.len());
         let k = self.threshold();
@@ -571,6 +577,7 @@ impl TopSet {
     }
 
     /// [`TopSet::apply`] of a band: in `keep` and not in `drop`.
+    #[inline(always)]
     fn apply_band(keep: &TopSet, drop: &TopSet, start: usize, dst: &mut [f32]) {
         let len = dst.len();
         let (c1, c2) = (keep.cut(start, len), drop.cut(start, len));
@@ -588,6 +595,7 @@ impl TopSet {
 
 /// Zeroes the elements of `dst` (elements `start..` of the slice) whose bit in `bits` is
 /// clear, a byte of bits (eight elements) at a time.
+#[inline(always)]
 fn apply_bits(bits: &[u64], start: usize, dst: &mut [f32]) {
     let bit = |i: usize| (bits[i >> 6] >> (i & 63)) & 1 != 0;
     // elements up to the next multiple of 8 one by one
@@ -615,6 +623,7 @@ fn apply_bits(bits: &[u64], start: usize, dst: &mut [f32]) {
 impl MaskCursor<'_> {
     /// Zeroes the dropped elements of `dst`, which holds elements `start..` of the slice, in
     /// order (the cursor's variant is matched once per call, not once per element).
+    #[inline(always)]
     pub fn apply(&mut self, start: usize, dst: &mut [f32]) {
         match self {
             MaskCursor::Const(true) => {}
@@ -933,31 +942,54 @@ impl Della {
 
 /// The positions of `keys` in ascending priority (smaller key first, higher position first
 /// among equal keys) into `order`: a stable least-significant-digit radix sort by bytes of
-/// the positions in descending order, skipping a byte that all keys share.
+/// the positions in descending order, over the bytes that differ between keys only.
+///
+/// Each pass walks the two halves of the current order as two independent streams (a
+/// histogram and a scatter offset table each), which halves the store-to-load chains on
+/// runs of equal digits; the first half's elements of a digit still land before the second
+/// half's, so the sort stays stable.
 fn priority_order(keys: &[u32], order: &mut Vec<u32>, tmp: &mut Vec<u32>) {
     let c = keys.len();
     order.clear();
     order.extend((0..c as u32).rev());
     tmp.clear();
     tmp.resize(c, 0);
+    let (or, and) = keys
+        .iter()
+        .fold((0u32, u32::MAX), |(o, a), &k| (o | k, a & k));
+    let half = c / 2;
     for shift in [0u32, 8, 16, 24] {
-        let mut at = [0u32; 256];
-        for &k in keys {
-            at[((k >> shift) & 0xff) as usize] += 1;
-        }
-        if at.iter().any(|&x| x as usize == c) {
+        if ((or ^ and) >> shift) & 0xff == 0 {
             continue;
         }
-        let mut sum = 0u32;
-        for x in at.iter_mut() {
-            let here = *x;
-            *x = sum;
-            sum += here;
+        let digit = |j: u32| ((keys[j as usize] >> shift) & 0xff) as usize;
+        let (first, second) = order.split_at(half);
+        let mut h = [[0u32; 256]; 2];
+        for (&a, &b) in first.iter().zip(second) {
+            h[0][digit(a)] += 1;
+            h[1][digit(b)] += 1;
         }
-        for &j in order.iter() {
-            let digit = ((keys[j as usize] >> shift) & 0xff) as usize;
-            tmp[at[digit] as usize] = j;
-            at[digit] += 1;
+        if let Some(&b) = second.get(half) {
+            h[1][digit(b)] += 1;
+        }
+        // offsets: every digit's first-half elements, then its second-half elements
+        let mut sum = 0u32;
+        let [h0, h1] = &mut h;
+        for (x, y) in h0.iter_mut().zip(h1.iter_mut()) {
+            let (a, b) = (*x, *y);
+            *x = sum;
+            *y = sum + a;
+            sum += a + b;
+        }
+        for (&a, &b) in first.iter().zip(second) {
+            let (da, db) = (digit(a), digit(b));
+            tmp[h[0][da] as usize] = a;
+            h[0][da] += 1;
+            tmp[h[1][db] as usize] = b;
+            h[1][db] += 1;
+        }
+        if let Some(&b) = second.get(half) {
+            tmp[h[1][digit(b)] as usize] = b;
         }
         std::mem::swap(order, tmp);
     }
@@ -1006,25 +1038,7 @@ pub fn l1_combine(parts: &[(f64, f64)], work: DType) -> Option<f32> {
 /// of `q` below `2⁵³·q` and so exactly representable. Then eight independent accumulators give
 /// the same bits, much faster. (A dropped element adds +0, which changes no `f64` sum.)
 pub fn l1_chunk(all: &[f32], kept: &[f32]) -> (f64, f64) {
-    let mut max = 0u32;
-    let mut min = u32::MAX;
-    let mut frac = 0u32;
-    for x in all {
-        let k = magnitude_key(*x);
-        max = max.max(k);
-        min = min.min(if k == 0 { u32::MAX } else { k });
-        frac |= k;
-    }
-    if max == 0 {
-        return (0.0, 0.0);
-    }
-    // the granularity: lowest exponent (subnormals count as exponent 1), lowest fraction bit
-    let exp = ((min >> 23) as i32).max(1);
-    let tz = (frac & 0x7f_ffff).trailing_zeros().min(23) as i32;
-    // 2^(exp − 150 + tz) lies in [2⁻¹⁴⁹, 2¹²⁷]: a normal f64, built exactly
-    let q = f64::from_bits(((exp - 150 + tz + 1023) as u64) << 52);
-    let bound = all.len() as f64 * f32::from_bits(max) as f64;
-    if bound < q * 9_007_199_254_740_992.0 {
+    if reorderable(all) {
         (sum_abs_unordered(all), sum_abs_unordered(kept))
     } else {
         let (mut a, mut k) = (0.0f64, 0.0f64);
@@ -1034,6 +1048,30 @@ pub fn l1_chunk(all: &[f32], kept: &[f32]) -> (f64, f64) {
         }
         (a, k)
     }
+}
+
+/// Whether any order of summing `|v|` (or any subset of it) in `f64` gives the same, exact
+/// sum (see [`l1_chunk`]). False for infinities and NaN.
+fn reorderable(v: &[f32]) -> bool {
+    let mut max = 0u32;
+    let mut min = u32::MAX;
+    let mut frac = 0u32;
+    for x in v {
+        let k = magnitude_key(*x);
+        max = max.max(k);
+        min = min.min(if k == 0 { u32::MAX } else { k });
+        frac |= k;
+    }
+    if max == 0 {
+        return true;
+    }
+    // the granularity: lowest exponent (subnormals count as exponent 1), lowest fraction bit
+    let exp = ((min >> 23) as i32).max(1);
+    let tz = (frac & 0x7f_ffff).trailing_zeros().min(23) as i32;
+    // 2^(exp − 150 + tz) lies in [2⁻¹⁴⁹, 2¹²⁷]: a normal f64, built exactly
+    let q = f64::from_bits(((exp - 150 + tz + 1023) as u64) << 52);
+    let bound = v.len() as f64 * f32::from_bits(max) as f64;
+    bound < q * 9_007_199_254_740_992.0
 }
 
 /// `Σ |v|` in `f64` with eight accumulators (only where any order gives the same sum).
@@ -1327,5 +1365,203 @@ mod tests {
         let v = vec![1.0f32; 1000];
         let want: Vec<bool> = (0..1000).map(|i| key.uniform(2, 77 + i) < 0.5).collect();
         assert_eq!(m.to_vec(&v[..]), want);
+    }
+
+    /// Deterministic pseudo-random values: `bits` random bits scaled into a few binades, with
+    /// some zeros and repeated values.
+    fn noise(n: usize, seed: u64, math: DType) -> Vec<f32> {
+        let k = RngKey::new(seed, "noise");
+        (0..n as u64)
+            .map(|i| {
+                let b = k.bits(0, i);
+                let mag = (b >> 40) as f32 / 16_777_216.0 * 2f32.powi((b % 9) as i32 - 12);
+                let v = if b.is_multiple_of(13) { 0.0 } else { mag };
+                math.round(if b & (1 << 20) != 0 { -v } else { v })
+            })
+            .collect()
+    }
+
+    /// The kept flags of the first `k` elements of the priority order, by sorting.
+    fn top_reference(v: &[f32], k: usize) -> Vec<bool> {
+        let mut order: Vec<usize> = (0..v.len()).collect();
+        order.sort_by_key(|&i| (std::cmp::Reverse(magnitude_key(v[i])), i));
+        let mut want = vec![false; v.len()];
+        for &i in &order[..k] {
+            want[i] = true;
+        }
+        want
+    }
+
+    #[test]
+    fn select_top_over_chunks_with_and_without_the_window() {
+        let n = 3 * CHUNK + 4321;
+        for math in [DType::BF16, DType::F32] {
+            let v = noise(n, 5, math);
+            for k in [1, 1000, n / 3, n / 2, n - 7] {
+                let want = top_reference(&v, k);
+                let got = select_top(&v[..], k);
+                assert_eq!(Mask::Top(got).to_vec(&v[..]), want, "{math:?} k={k}");
+                // a window far from the threshold bin falls back to counting ties: same set
+                let h = histogram_hi(&v[..], &[0]);
+                assert_eq!(select_from(&v[..], k, &h, 0, 0), got, "{math:?} k={k}");
+            }
+        }
+    }
+
+    #[test]
+    fn band_matches_the_reference() {
+        let n = 2 * CHUNK + 999;
+        let v = noise(n, 6, DType::BF16);
+        let m = magnitude_outliers(&v[..], 0.4, 0.05).unwrap();
+        let keep = top_reference(
+            &v,
+            py_int_mul(0.4, n) as usize + py_int_mul(0.05, n) as usize,
+        );
+        let drop = top_reference(&v, py_int_mul(0.05, n) as usize);
+        let want: Vec<bool> = keep.iter().zip(&drop).map(|(k, d)| *k && !*d).collect();
+        assert_eq!(m.to_vec(&v[..]), want);
+        // applied in ranges that cut the tie runs anywhere: the same flags
+        let mut out = v.clone();
+        for (c, part) in out.chunks_mut(777).enumerate() {
+            m.apply_range(c * 777, part);
+        }
+        for (i, (o, x)) in out.iter().zip(&v).enumerate() {
+            assert_eq!(o.to_bits(), select_f32(want[i], *x).to_bits(), "{i}");
+        }
+    }
+
+    #[test]
+    fn bits_apply_in_any_range() {
+        let n = 1000;
+        let key = RngKey::new(4, "b");
+        let m = bernoulli(n, 0.5, DType::F32, key, 0, 3);
+        let v: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+        let want = m.to_vec(&v[..]);
+        for step in [1, 5, 8, 13, 64, 100] {
+            let mut out = v.clone();
+            for (c, part) in out.chunks_mut(step).enumerate() {
+                m.apply_range(c * step, part);
+            }
+            let got: Vec<bool> = out.iter().map(|x| *x != 0.0).collect();
+            assert_eq!(got, want, "step {step}");
+        }
+    }
+
+    #[test]
+    fn priority_order_is_the_sorted_order() {
+        for (c, seed) in [(0usize, 1u64), (1, 2), (2, 3), (7, 4), (2048, 5), (3001, 6)] {
+            for math in [DType::BF16, DType::F32] {
+                let v = noise(c, seed, math);
+                let keys: Vec<u32> = v.iter().map(|x| magnitude_key(*x)).collect();
+                let (mut order, mut tmp) = (Vec::new(), Vec::new());
+                priority_order(&keys, &mut order, &mut tmp);
+                let mut want: Vec<u64> = (0..c)
+                    .map(|j| (keys[j] as u64) << 32 | (u32::MAX - j as u32) as u64)
+                    .collect();
+                want.sort_unstable();
+                let want: Vec<u32> = want.iter().map(|p| u32::MAX - *p as u32).collect();
+                assert_eq!(order, want, "c={c} {math:?}");
+            }
+        }
+        // all equal: descending positions
+        let (mut order, mut tmp) = (Vec::new(), Vec::new());
+        priority_order(&[7; 5], &mut order, &mut tmp);
+        assert_eq!(order, vec![4, 3, 2, 1, 0]);
+    }
+
+    /// DELLA's mask as first written: a comparison sort per row and a float draw per element.
+    fn della_reference(
+        v: &[f32],
+        rows: usize,
+        c: usize,
+        inner: usize,
+        probs: &[f32],
+        key: RngKey,
+        offset: usize,
+    ) -> Vec<bool> {
+        let mut flags = vec![false; v.len()];
+        for r in 0..rows {
+            for col in 0..inner {
+                let at = |j: usize| r * c * inner + j * inner + col;
+                let mut order: Vec<u64> = (0..c)
+                    .map(|j| (magnitude_key(v[at(j)]) as u64) << 32 | (u32::MAX - j as u32) as u64)
+                    .collect();
+                order.sort_unstable();
+                for (r0, p) in order.iter().enumerate() {
+                    let i = at((u32::MAX - *p as u32) as usize);
+                    flags[i] = key.uniform(1, (offset + i) as u64) < probs[r0];
+                }
+            }
+        }
+        flags
+    }
+
+    #[test]
+    fn della_matches_the_reference() {
+        let key = RngKey::new(11, "d");
+        for (shape, work) in [
+            (vec![40usize, 300], DType::BF16),
+            (vec![6, 50, 7], DType::F32),
+            (vec![5000], DType::F32),
+            (vec![3, 33], DType::BF16),
+        ] {
+            let n: usize = shape.iter().product();
+            let v = noise(n, 8, work);
+            let (rows, c, inner) = if shape.len() < 2 {
+                (1, n, 1)
+            } else {
+                (shape[0], shape[1], shape[2..].iter().product())
+            };
+            let probs = della_probabilities(c, 0.4, 0.2, work);
+            let want = della_reference(&v, rows, c, inner, &probs, key, 17);
+            let m = della_magprune(&v[..], &shape, 0.4, 0.2, work, key, 1, 17).unwrap();
+            assert_eq!(m.to_vec(&v[..]), want, "{shape:?}");
+        }
+    }
+
+    #[test]
+    fn l1_chunk_is_the_sequential_sum() {
+        let sequential = |v: &[f32]| v.iter().fold(0.0f64, |s, x| s + x.abs() as f64);
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![0.0; 10],
+            noise(CHUNK, 1, DType::BF16),
+            noise(CHUNK, 2, DType::F32),
+            noise(1001, 3, DType::F32),
+            // a wide dynamic range (not exact: the sequential path)
+            (0..5000).map(|i| 2f32.powi(i % 60 - 30) * 1.1).collect(),
+            // subnormals and normals together
+            (0..4000)
+                .map(|i| f32::from_bits(i * 977 % 0x0100_0000))
+                .collect(),
+            vec![1.0, f32::INFINITY, 2.0],
+            vec![1.0, f32::NAN, 2.0],
+            vec![3.0e38; 8],
+        ];
+        cases.push(cases[2].iter().map(|x| x * 1e-30).collect());
+        // bf16 values over a few binades: the reordered sum is taken
+        let narrow: Vec<f32> = (0..CHUNK)
+            .map(|i| DType::BF16.round(1e-3 * (1.0 + (i % 1000) as f32)))
+            .collect();
+        assert!(reorderable(&narrow));
+        assert!(!reorderable(&cases[5]) && !reorderable(&cases[7]) && !reorderable(&cases[8]));
+        cases.push(narrow);
+        for (i, all) in cases.iter().enumerate() {
+            let kept: Vec<f32> = all
+                .iter()
+                .enumerate()
+                .map(|(j, x)| if j % 3 == 0 { 0.0 } else { *x })
+                .collect();
+            let (a, k) = l1_chunk(all, &kept);
+            let (wa, wk) = (sequential(all), sequential(&kept));
+            assert!(
+                a.to_bits() == wa.to_bits() || (a.is_nan() && wa.is_nan()),
+                "case {i}"
+            );
+            assert!(
+                k.to_bits() == wk.to_bits() || (k.is_nan() && wk.is_nan()),
+                "case {i}"
+            );
+        }
     }
 }

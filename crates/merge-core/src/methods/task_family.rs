@@ -198,6 +198,74 @@ fn prepare<R: Round, V: Values>(
 /// in the L1/L2 cache.
 const BLOCK: usize = 1024;
 
+/// [`finish_range`] compiled for the widest vector unit the CPU has (detected at run time).
+/// Every step is an IEEE operation per element or integer bit manipulation, so the bits are
+/// the same at any vector width; no multiply and add are fused (Rust never contracts them).
+fn finish<R: Round>(
+    prepared: &[Prepared],
+    fin: &Finish,
+    start: usize,
+    bs: &[f32],
+    xs: &[&[f32]],
+    oc: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::avx512() {
+            // SAFETY: the CPU has the features `finish_avx512` is compiled for.
+            unsafe { simd::finish_avx512::<R>(prepared, fin, start, bs, xs, oc) };
+            return;
+        }
+        if simd::avx2() {
+            // SAFETY: the CPU has the features `finish_avx2` is compiled for.
+            unsafe { simd::finish_avx2::<R>(prepared, fin, start, bs, xs, oc) };
+            return;
+        }
+    }
+    finish_range::<R>(prepared, fin, start, bs, xs, oc)
+}
+
+/// [`finish_range`] for x86-64 vector extensions.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{Finish, Prepared, Round, finish_range};
+
+    pub fn avx512() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+    }
+
+    pub fn avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+    pub fn finish_avx512<R: Round>(
+        prepared: &[Prepared],
+        fin: &Finish,
+        start: usize,
+        bs: &[f32],
+        xs: &[&[f32]],
+        oc: &mut [f32],
+    ) {
+        finish_range::<R>(prepared, fin, start, bs, xs, oc)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub fn finish_avx2<R: Round>(
+        prepared: &[Prepared],
+        fin: &Finish,
+        start: usize,
+        bs: &[f32],
+        xs: &[&[f32]],
+        oc: &mut [f32],
+    ) {
+        finish_range::<R>(prepared, fin, start, bs, xs, oc)
+    }
+}
+
 /// The final pass over elements `start..start + oc.len()`: `bs` holds the base's values
 /// there, `xs[k]` those of the `k`-th prepared input. Every element depends only on its own
 /// inputs, so any chunking gives the same bits.
@@ -206,6 +274,7 @@ const BLOCK: usize = 1024;
 /// model's weighted sparsified deltas, then the combination across models. Every loop is a
 /// plain element-wise loop the compiler can vectorise; the per-element arithmetic and the
 /// model order of every sum are those described in the module docs.
+#[inline(always)]
 fn finish_range<R: Round>(
     prepared: &[Prepared],
     fin: &Finish,
@@ -227,6 +296,7 @@ fn finish_range<R: Round>(
 }
 
 /// One model's `ωᵢ = round(δᵢ' · wᵢ)` over a block: `δᵢ = round(x − base)`, masked, rescaled.
+#[inline(always)]
 fn weighted_delta<R: Round>(p: &Prepared, start: usize, x: &[f32], bs: &[f32], dst: &mut [f32]) {
     for ((d, x), b) in dst.iter_mut().zip(x).zip(bs) {
         *d = R::round(x - b);
@@ -253,6 +323,7 @@ fn weighted_delta<R: Round>(p: &Prepared, start: usize, x: &[f32], bs: &[f32], d
 
 /// Combines the weighted deltas `om` (model-major, [`BLOCK`] apart) of one block with the
 /// base values `bs` into `oc`.
+#[inline(always)]
 fn combine<R: Round>(prepared: &[Prepared], fin: &Finish, om: &[f32], bs: &[f32], oc: &mut [f32]) {
     let bl = oc.len();
     let mut mixed = [0.0f32; BLOCK];
@@ -329,7 +400,7 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
             .iter()
             .map(|p| &ctx.inputs[p.input].data[r.clone()])
             .collect();
-        finish_range::<R>(prepared, fin, start, &base[r.clone()], &xs, oc);
+        finish::<R>(prepared, fin, start, &base[r.clone()], &xs, oc);
     });
     Ok(())
 }
@@ -434,7 +505,7 @@ fn stream_with<R: Round>(
                 })
                 .collect::<Result<_, String>>()?;
             let xs: Vec<&[f32]> = bufs.iter().map(|b| &b[..]).collect();
-            finish_range::<R>(prepared, fin, start, &bs, &xs, &mut o);
+            finish::<R>(prepared, fin, start, &bs, &xs, &mut o);
             for b in bufs {
                 recycle(b);
             }
@@ -761,6 +832,96 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert!(e.contains("base"), "{e}");
+    }
+
+    /// Runs the final pass of every vector width the CPU has on the same inputs.
+    #[cfg(target_arch = "x86_64")]
+    fn every_width<R: Round>(prepared: &[Prepared], fin: &Finish, start: usize, data: &[Vec<f32>]) {
+        let xs: Vec<&[f32]> = data[1..].iter().map(|x| &x[..]).collect();
+        let n = data[0].len();
+        let mut want = vec![0.0f32; n];
+        finish_range::<R>(prepared, fin, start, &data[0], &xs, &mut want);
+        let mut got = vec![0.0f32; n];
+        if simd::avx2() {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { simd::finish_avx2::<R>(prepared, fin, start, &data[0], &xs, &mut got) };
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+        }
+        if simd::avx512() {
+            // SAFETY: the CPU has AVX-512 (checked just above).
+            unsafe { simd::finish_avx512::<R>(prepared, fin, start, &data[0], &xs, &mut got) };
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn vector_widths_give_the_same_bits() {
+        let n = 3 * BLOCK + 77;
+        let specials = [
+            0.0f32,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            1e-40,
+            -3e-39,
+            65504.0,
+            1e30,
+        ];
+        let data: Vec<Vec<f32>> = (0..5u64)
+            .map(|m| {
+                let k = RngKey::new(m, "w");
+                (0..n as u64)
+                    .map(|i| {
+                        let b = k.bits(0, i);
+                        if b.is_multiple_of(29) {
+                            specials[(b >> 8) as usize % specials.len()]
+                        } else {
+                            ((b >> 40) as f32 / 16_777_216.0 - 0.5) * 2f32.powi((b % 7) as i32 - 3)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let key = RngKey::new(1, "t");
+        let masks = [
+            Mask::All,
+            Mask::Top(sparsify::select_top(&data[1][..], n / 2)),
+            sparsify::bernoulli(n + 64, 0.6, DType::F32, key, 2, 5),
+            sparsify::magnitude_outliers(&data[3][..], 0.5, 0.1).unwrap(),
+        ];
+        let prepared: Vec<Prepared> = masks
+            .into_iter()
+            .enumerate()
+            .map(|(i, mask)| Prepared {
+                input: i + 1,
+                w: [0.3, 0.7, -0.5, 1.0][i],
+                mask,
+                factor: [None, Some(1.7), Some(0.9), None][i],
+            })
+            .collect();
+        for consensus in [false, true] {
+            for (normalize, lambda_f) in [(false, None), (true, Some(0.8))] {
+                let fin = Finish {
+                    plain_divisor: 0.75,
+                    lambda_f,
+                    consensus,
+                    normalize,
+                };
+                every_width::<super::super::round::F32>(&prepared, &fin, 64, &data);
+                every_width::<super::super::round::Bf16>(&prepared, &fin, 64, &data);
+                every_width::<super::super::round::F16>(&prepared, &fin, 64, &data);
+            }
+        }
     }
 
     #[test]
