@@ -863,8 +863,8 @@ struct DellaScratch {
 #[derive(Default)]
 struct RankScratch {
     keys: Vec<u32>,
-    order: Vec<u32>,
-    tmp: Vec<u32>,
+    order: Vec<u64>,
+    tmp: Vec<u64>,
     draws: Vec<u32>,
 }
 
@@ -932,8 +932,8 @@ impl Della {
             s.keys
                 .extend((0..self.c).map(|j| magnitude_key(vals[j * self.inner + col])));
             priority_order(&s.keys, &mut s.order, &mut s.tmp);
-            for (r0, &j) in s.order.iter().enumerate() {
-                let local = j as usize * self.inner + col;
+            for (r0, &p) in s.order.iter().enumerate() {
+                let local = p as u32 as usize * self.inner + col;
                 flags[local] = s.draws[local] < self.thresholds[r0];
             }
         }
@@ -941,28 +941,34 @@ impl Della {
 }
 
 /// The positions of `keys` in ascending priority (smaller key first, higher position first
-/// among equal keys) into `order`: a stable least-significant-digit radix sort by bytes of
-/// the positions in descending order, over the bytes that differ between keys only.
+/// among equal keys) into `order`: a stable least-significant-digit radix sort of
+/// `(key, position)` pairs, starting from descending positions, by the key bytes that differ
+/// between keys only.
 ///
 /// Each pass walks the two halves of the current order as two independent streams (a
 /// histogram and a scatter offset table each), which halves the store-to-load chains on
 /// runs of equal digits; the first half's elements of a digit still land before the second
 /// half's, so the sort stays stable.
-fn priority_order(keys: &[u32], order: &mut Vec<u32>, tmp: &mut Vec<u32>) {
+fn priority_order(keys: &[u32], order: &mut Vec<u64>, tmp: &mut Vec<u64>) {
     let c = keys.len();
     order.clear();
-    order.extend((0..c as u32).rev());
+    order.extend(
+        keys.iter()
+            .enumerate()
+            .rev()
+            .map(|(j, k)| (*k as u64) << 32 | j as u64),
+    );
     tmp.clear();
     tmp.resize(c, 0);
     let (or, and) = keys
         .iter()
         .fold((0u32, u32::MAX), |(o, a), &k| (o | k, a & k));
     let half = c / 2;
-    for shift in [0u32, 8, 16, 24] {
-        if ((or ^ and) >> shift) & 0xff == 0 {
+    for shift in [32u32, 40, 48, 56] {
+        if ((or ^ and) >> (shift - 32)) & 0xff == 0 {
             continue;
         }
-        let digit = |j: u32| ((keys[j as usize] >> shift) & 0xff) as usize;
+        let digit = |p: u64| ((p >> shift) & 0xff) as usize;
         let (first, second) = order.split_at(half);
         let mut h = [[0u32; 256]; 2];
         for (&a, &b) in first.iter().zip(second) {
@@ -1455,6 +1461,7 @@ mod tests {
                 let keys: Vec<u32> = v.iter().map(|x| magnitude_key(*x)).collect();
                 let (mut order, mut tmp) = (Vec::new(), Vec::new());
                 priority_order(&keys, &mut order, &mut tmp);
+                let order: Vec<u32> = order.iter().map(|p| *p as u32).collect();
                 let mut want: Vec<u64> = (0..c)
                     .map(|j| (keys[j] as u64) << 32 | (u32::MAX - j as u32) as u64)
                     .collect();
@@ -1466,6 +1473,7 @@ mod tests {
         // all equal: descending positions
         let (mut order, mut tmp) = (Vec::new(), Vec::new());
         priority_order(&[7; 5], &mut order, &mut tmp);
+        let order: Vec<u32> = order.iter().map(|p| *p as u32).collect();
         assert_eq!(order, vec![4, 3, 2, 1, 0]);
     }
 
@@ -1563,5 +1571,56 @@ mod tests {
                 "case {i}"
             );
         }
+    }
+
+    /// Rough timing of the mask passes on bench-like bf16 task vectors (run with `--ignored
+    /// --nocapture` in an optimised build): the best of five runs.
+    #[test]
+    #[ignore]
+    fn mask_timing() {
+        let (rows, c) = (4096, 2048);
+        let n = rows * c;
+        let bf = |x: f32| DType::BF16.round(x);
+        let k = RngKey::new(1, "base");
+        let delta: Vec<f32> = (0..n as u64)
+            .map(|i| {
+                let b = k.bits(0, i);
+                let base = bf(((b >> 40) as f32 / 16_777_216.0 - 0.5) * 0.07);
+                let g = ((b & 0xffff) as f32 / 65536.0 - 0.5) * 0.0035;
+                bf(bf(base + g) - base)
+            })
+            .collect();
+        let best = |f: &dyn Fn()| {
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let key = RngKey::new(2, "t");
+        let d = &delta[..];
+        let w = DType::BF16;
+        let della = best(&|| {
+            della_magprune(d, &[rows, c], 0.5, 0.15, w, key, 1, 0).unwrap();
+        });
+        let top = best(&|| {
+            magnitude(d, 0.5);
+        });
+        let dare = best(&|| {
+            bernoulli(n, 0.5, w, key, 1, 0);
+        });
+        let mask = bernoulli(n, 0.5, w, key, 1, 0);
+        let l1 = best(&|| {
+            l1_rescale(d, &mask, w);
+        });
+        eprintln!(
+            "per element: della {:.2} ns, top-k {:.2} ns, dare {:.2} ns, l1 {:.2} ns",
+            della / n as f64 * 1e9,
+            top / n as f64 * 1e9,
+            dare / n as f64 * 1e9,
+            l1 / n as f64 * 1e9
+        );
     }
 }
