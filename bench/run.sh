@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Merge benchmark on a synthetic TinyLlama-1.1B-shaped family (bf16, sharded: base, ft1, ft2).
 #
-#   bench/run.sh [METHOD...]   methods: linear (default), ties, dare_ties, slerp, task_arithmetic,
+#   bench/run.sh [METHOD...]   methods: linear (default), ties, dare_ties, della, breadcrumbs_ties,
+#                              slerp, task_arithmetic,
 #                              linear-q4km (the linear merge written as Q4_K_M GGUF in one pass)
 #
 # For each method it measures, in the same run: smelt's wall time and peak RSS
@@ -32,10 +33,18 @@ models:
 merge_method: linear
 Y
     ;;
-    task_arithmetic|ties|dare_ties) cat <<Y
+    task_arithmetic|ties|dare_ties|della) cat <<Y
 models:
   - {model: $F/ft1, parameters: {weight: 0.5, density: 0.5}}
   - {model: $F/ft2, parameters: {weight: 0.5, density: 0.5}}
+merge_method: $1
+base_model: $F/base
+Y
+    ;;
+    breadcrumbs_ties) cat <<Y
+models:
+  - {model: $F/ft1, parameters: {weight: 0.5, density: 0.5, gamma: 0.01}}
+  - {model: $F/ft2, parameters: {weight: 0.5, density: 0.5, gamma: 0.01}}
 merge_method: $1
 base_model: $F/base
 Y

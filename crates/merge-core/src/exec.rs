@@ -191,12 +191,12 @@ impl Budget {
 }
 
 /// Whether tensor `t` is merged by a streaming kernel under `budget` (its whole-tensor working
-/// set would not fit, and the method can stream it).
+/// set would not fit, or the method prefers streaming, and the method can stream it).
 pub fn streams(plan: &Plan, t: &PlannedTensor, threads: usize, budget: u64) -> bool {
     !t.raw_copy
         && !plan.method.info().elementwise
         && plan.method.can_stream()
-        && whole_cost(t) > budget
+        && (whole_cost(t) > budget || plan.method.prefers_streaming())
         && t.sources
             .iter()
             .all(|s| s.rows.is_none() && !plan.models[s.model].checkpoint.has_delta(&s.tensor))

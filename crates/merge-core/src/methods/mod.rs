@@ -333,6 +333,14 @@ pub trait MergeMethod: Send + Sync {
         false
     }
 
+    /// Whether the executor should stream every tensor it can stream, even one that fits the
+    /// memory budget whole: for methods whose streaming passes cost less than holding every
+    /// input whole (re-reading chunks from the page cache costs less than faulting in and
+    /// zeroing tensor-sized buffers). The bits are the same either way.
+    fn prefers_streaming(&self) -> bool {
+        false
+    }
+
     /// Merges a tensor too large for the memory budget without holding any input whole:
     /// reads chunks from `src` as often as needed (whole-tensor statistics first, in fixed
     /// chunks combined in a fixed order) and writes every output chunk to `out`. `ctx.inputs`

@@ -32,7 +32,6 @@ use super::rng::RngKey;
 use super::round::{Round, with_round};
 use super::sparsify::{self, CHUNK, Delta, Mask, Values, round_scalar};
 use super::{ChunkSink, ChunkSource, MergeCtx, ParamSpec};
-use crate::dtype::DType;
 use crate::exec::{recycle, scratch};
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -83,7 +82,6 @@ struct Prepared {
     w: f32,
     mask: Mask,
     factor: Option<f32>,
-    work: DType,
 }
 
 fn param(i: &super::Input, name: &str) -> Result<f64, String> {
@@ -122,7 +120,6 @@ fn prepare<R: Round, V: Values>(
     f: &Family,
     ctx: &MergeCtx<'_>,
     n: usize,
-    lazy: bool,
     delta: impl Fn(usize) -> V,
 ) -> Result<(Vec<Prepared>, Finish), String> {
     let m = ctx.math;
@@ -149,11 +146,7 @@ fn prepare<R: Round, V: Values>(
             }
             Sparsification::Random => {
                 let work = sparsify::random_work_dtype(m);
-                let mask = if lazy {
-                    sparsify::bernoulli_lazy(density, work, rng, idx as u32, ctx.offset)
-                } else {
-                    sparsify::bernoulli(n, density, work, rng, idx as u32, ctx.offset)
-                };
+                let mask = sparsify::bernoulli(n, density, work, rng, idx as u32, ctx.offset);
                 (mask, work)
             }
             Sparsification::DellaMagprune => {
@@ -164,15 +157,9 @@ fn prepare<R: Round, V: Values>(
                 } else {
                     &[]
                 };
-                let mask = if lazy {
-                    sparsify::della_magprune_lazy(
-                        n, shape, density, eps, work, rng, idx as u32, ctx.offset,
-                    )
-                } else {
-                    sparsify::della_magprune(
-                        &delta, shape, density, eps, work, rng, idx as u32, ctx.offset,
-                    )
-                }
+                let mask = sparsify::della_magprune(
+                    &delta, shape, density, eps, work, rng, idx as u32, ctx.offset,
+                )
                 .map_err(|e| format!("{e} (model {})", inp.model))?;
                 (mask, work)
             }
@@ -187,7 +174,6 @@ fn prepare<R: Round, V: Values>(
             w,
             mask,
             factor,
-            work,
         });
     }
     // scalar divisor of the no-consensus branch
@@ -208,63 +194,163 @@ fn prepare<R: Round, V: Values>(
     Ok((prepared, finish))
 }
 
-/// The final pass over elements `start..start + oc.len()`: `bs` holds the base's values
-/// there, `xs[k]` those of the `k`-th prepared input, `delta(i)` is input `i`'s task vector
-/// (read again only by a lazy DELLA mask). Every element depends only on its own inputs, so
-/// any chunking gives the same bits.
-///
-/// The pass works in model-major order: first each model's weighted sparsified deltas for
-/// the whole range, then the combination across models. Every loop is a plain element-wise
-/// loop the compiler can vectorise; the per-element arithmetic and the model order of every
-/// sum are those described in the module docs.
-#[allow(clippy::too_many_arguments)]
-fn finish_range<R: Round, V: Values>(
+/// Elements per block of the final pass: small enough that a block's per-model buffers stay
+/// in the L1/L2 cache.
+const BLOCK: usize = 1024;
+
+/// [`finish_range`] compiled for the widest vector unit the CPU has (detected at run time).
+/// Every step is an IEEE operation per element or integer bit manipulation, so the bits are
+/// the same at any vector width; no multiply and add are fused (Rust never contracts them).
+fn finish<R: Round>(
     prepared: &[Prepared],
     fin: &Finish,
-    delta: &impl Fn(usize) -> V,
+    start: usize,
+    bs: &[f32],
+    xs: &[&[f32]],
+    oc: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::avx512() {
+            // SAFETY: the CPU has the features `finish_avx512` is compiled for.
+            unsafe { simd::finish_avx512::<R>(prepared, fin, start, bs, xs, oc) };
+            return;
+        }
+        if simd::avx2() {
+            // SAFETY: the CPU has the features `finish_avx2` is compiled for.
+            unsafe { simd::finish_avx2::<R>(prepared, fin, start, bs, xs, oc) };
+            return;
+        }
+    }
+    finish_range::<R>(prepared, fin, start, bs, xs, oc)
+}
+
+/// [`finish_range`] for x86-64 vector extensions.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{Finish, Prepared, Round, finish_range};
+
+    pub fn avx512() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+    }
+
+    pub fn avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+    pub fn finish_avx512<R: Round>(
+        prepared: &[Prepared],
+        fin: &Finish,
+        start: usize,
+        bs: &[f32],
+        xs: &[&[f32]],
+        oc: &mut [f32],
+    ) {
+        finish_range::<R>(prepared, fin, start, bs, xs, oc)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub fn finish_avx2<R: Round>(
+        prepared: &[Prepared],
+        fin: &Finish,
+        start: usize,
+        bs: &[f32],
+        xs: &[&[f32]],
+        oc: &mut [f32],
+    ) {
+        finish_range::<R>(prepared, fin, start, bs, xs, oc)
+    }
+}
+
+/// The final pass over elements `start..start + oc.len()`: `bs` holds the base's values
+/// there, `xs[k]` those of the `k`-th prepared input. Every element depends only on its own
+/// inputs, so any chunking gives the same bits.
+///
+/// The pass runs block by block ([`BLOCK`] elements), model-major within a block: first each
+/// model's weighted sparsified deltas, then the combination across models. Every loop is a
+/// plain element-wise loop the compiler can vectorise; the per-element arithmetic and the
+/// model order of every sum are those described in the module docs.
+#[inline(always)]
+fn finish_range<R: Round>(
+    prepared: &[Prepared],
+    fin: &Finish,
     start: usize,
     bs: &[f32],
     xs: &[&[f32]],
     oc: &mut [f32],
 ) {
     let len = oc.len();
-    let mut om = vec![0.0f32; prepared.len() * len];
-    for ((p, x), dst) in prepared.iter().zip(xs).zip(om.chunks_exact_mut(len)) {
-        for ((d, x), b) in dst.iter_mut().zip(x.iter()).zip(bs) {
-            *d = R::round(x - b);
+    let mut om = vec![0.0f32; prepared.len() * BLOCK];
+    for b0 in (0..len).step_by(BLOCK) {
+        let r = b0..(b0 + BLOCK).min(len);
+        let bl = r.len();
+        for ((p, x), dst) in prepared.iter().zip(xs).zip(om.chunks_exact_mut(BLOCK)) {
+            weighted_delta::<R>(p, start + b0, &x[r.clone()], &bs[r.clone()], &mut dst[..bl]);
         }
-        if !p.mask.is_all() {
-            p.mask.apply_range(&delta(p.input), start, dst);
-        }
-        if let Some(f) = p.factor {
-            // the work dtype is the math dtype or f32: one rounding to the math dtype
+        combine::<R>(prepared, fin, &om, &bs[r.clone()], &mut oc[r]);
+    }
+}
+
+/// One model's `ωᵢ = round(δᵢ' · wᵢ)` over a block: `δᵢ = round(x − base)`, masked, rescaled.
+#[inline(always)]
+fn weighted_delta<R: Round>(p: &Prepared, start: usize, x: &[f32], bs: &[f32], dst: &mut [f32]) {
+    for ((d, x), b) in dst.iter_mut().zip(x).zip(bs) {
+        *d = R::round(x - b);
+    }
+    if !p.mask.is_all() {
+        p.mask.apply_range(start, dst);
+    }
+    let w = p.w;
+    match p.factor {
+        // the work dtype is the math dtype or f32: `round_dyn(work, d·f)` rounded to the math
+        // dtype is `round(d·f)` either way
+        Some(f) => {
             for d in dst.iter_mut() {
-                *d = sparsify::apply::<R>(*d, true, Some(f), p.work);
+                *d = R::round(R::round(*d * f) * w);
             }
         }
-        let w = p.w;
-        for d in dst.iter_mut() {
-            *d = R::round(*d * w);
+        None => {
+            for d in dst.iter_mut() {
+                *d = R::round(*d * w);
+            }
         }
     }
-    let mut mixed = vec![0.0f32; len];
-    let mut divisor = Vec::new();
-    for src in om.chunks_exact(len) {
+}
+
+/// Combines the weighted deltas `om` (model-major, [`BLOCK`] apart) of one block with the
+/// base values `bs` into `oc`.
+#[inline(always)]
+fn combine<R: Round>(prepared: &[Prepared], fin: &Finish, om: &[f32], bs: &[f32], oc: &mut [f32]) {
+    let bl = oc.len();
+    let mut mixed = [0.0f32; BLOCK];
+    let mixed = &mut mixed[..bl];
+    for src in om.chunks_exact(BLOCK) {
         for (s, o) in mixed.iter_mut().zip(src) {
             *s += o;
         }
     }
+    let mut divisor = [fin.plain_divisor; BLOCK];
+    let divisor = &mut divisor[..bl];
     if fin.consensus {
         // `mixed` holds Σ ω: elect, then sum the agreeing values and weights
-        let positive: Vec<bool> = mixed
-            .iter()
-            .map(|s| consensus::elect(Consensus::Sum, &[*s], R::round))
-            .collect();
-        mixed.iter_mut().for_each(|s| *s = 0.0);
-        divisor = vec![0.0f32; len];
-        for (p, src) in prepared.iter().zip(om.chunks_exact(len)) {
+        let mut positive = [false; BLOCK];
+        for (pos, s) in positive.iter_mut().zip(mixed.iter()) {
+            *pos = consensus::elect(Consensus::Sum, &[*s], R::round);
+        }
+        mixed.fill(0.0);
+        divisor.fill(0.0);
+        for (p, src) in prepared.iter().zip(om.chunks_exact(BLOCK)) {
             let w = p.w;
-            for (((s, dv), o), pos) in mixed.iter_mut().zip(&mut divisor).zip(src).zip(&positive) {
+            for (((s, dv), o), pos) in mixed
+                .iter_mut()
+                .zip(divisor.iter_mut())
+                .zip(src)
+                .zip(&positive)
+            {
                 let a = consensus::agrees(*o, *pos);
                 *s += sparsify::select_f32(a, *o);
                 *dv += sparsify::select_f32(a, w);
@@ -275,20 +361,22 @@ fn finish_range<R: Round, V: Values>(
             *dv = if d == 0.0 { 1.0 } else { d };
         }
     }
-    for (l, ((o, s), b)) in oc.iter_mut().zip(&mixed).zip(bs).enumerate() {
-        let div = if fin.consensus {
-            divisor[l]
-        } else {
-            fin.plain_divisor
-        };
-        let mut m = R::round(*s);
-        if fin.normalize {
-            m = R::round(m / div);
+    // one loop per step, so that each is a plain vectorisable loop
+    for s in mixed.iter_mut() {
+        *s = R::round(*s);
+    }
+    if fin.normalize {
+        for (s, div) in mixed.iter_mut().zip(divisor.iter()) {
+            *s = R::round(*s / div);
         }
-        if let Some(lf) = fin.lambda_f {
-            m = R::round(m * lf);
+    }
+    if let Some(lf) = fin.lambda_f {
+        for s in mixed.iter_mut() {
+            *s = R::round(*s * lf);
         }
-        *o = R::round(b + m);
+    }
+    for ((o, s), b) in oc.iter_mut().zip(mixed.iter()).zip(bs) {
+        *o = R::round(b + s);
     }
 }
 
@@ -299,7 +387,7 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
         return Err(format!("inputs and output differ in length (output {n})"));
     }
     let delta = |i: usize| Delta::<R>::new(ctx.inputs[i].data, base);
-    let (prepared, fin) = prepare::<R, _>(f, ctx, n, false, delta)?;
+    let (prepared, fin) = prepare::<R, _>(f, ctx, n, delta)?;
     if prepared.is_empty() {
         out.copy_from_slice(base);
         return Ok(());
@@ -312,7 +400,7 @@ fn merge_with<R: Round>(f: &Family, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Resu
             .iter()
             .map(|p| &ctx.inputs[p.input].data[r.clone()])
             .collect();
-        finish_range::<R, _>(prepared, fin, &delta, start, &base[r.clone()], &xs, oc);
+        finish::<R>(prepared, fin, start, &base[r.clone()], &xs, oc);
     });
     Ok(())
 }
@@ -393,7 +481,7 @@ fn stream_with<R: Round>(
         err: &err,
         _round: PhantomData,
     };
-    let (prepared, fin) = prepare::<R, _>(f, ctx, n, true, delta)?;
+    let (prepared, fin) = prepare::<R, _>(f, ctx, n, delta)?;
     take_err(&err)?;
     let (prepared, fin) = (&prepared, &fin);
     (0..n.div_ceil(chunk)).into_par_iter().try_for_each(|c| {
@@ -417,7 +505,7 @@ fn stream_with<R: Round>(
                 })
                 .collect::<Result<_, String>>()?;
             let xs: Vec<&[f32]> = bufs.iter().map(|b| &b[..]).collect();
-            finish_range::<R, _>(prepared, fin, &delta, start, &bs, &xs, &mut o);
+            finish::<R>(prepared, fin, start, &bs, &xs, &mut o);
             for b in bufs {
                 recycle(b);
             }
@@ -495,6 +583,11 @@ macro_rules! family_method {
                 !$elementwise
             }
 
+            fn prefers_streaming(&self) -> bool {
+                // the passes re-read chunks instead of holding every input whole as f32
+                true
+            }
+
             fn merge_streaming(
                 &self,
                 ctx: &$crate::methods::MergeCtx<'_>,
@@ -515,6 +608,7 @@ pub(crate) mod tests {
     use super::super::MergeMethod;
     use super::super::testutil::{p, run};
     use super::*;
+    use crate::dtype::DType;
 
     /// Runs `method` with base 0-offset inputs given as (values, weight, density).
     pub(crate) fn run_family(
@@ -738,6 +832,96 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert!(e.contains("base"), "{e}");
+    }
+
+    /// Runs the final pass of every vector width the CPU has on the same inputs.
+    #[cfg(target_arch = "x86_64")]
+    fn every_width<R: Round>(prepared: &[Prepared], fin: &Finish, start: usize, data: &[Vec<f32>]) {
+        let xs: Vec<&[f32]> = data[1..].iter().map(|x| &x[..]).collect();
+        let n = data[0].len();
+        let mut want = vec![0.0f32; n];
+        finish_range::<R>(prepared, fin, start, &data[0], &xs, &mut want);
+        let mut got = vec![0.0f32; n];
+        if simd::avx2() {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { simd::finish_avx2::<R>(prepared, fin, start, &data[0], &xs, &mut got) };
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+        }
+        if simd::avx512() {
+            // SAFETY: the CPU has AVX-512 (checked just above).
+            unsafe { simd::finish_avx512::<R>(prepared, fin, start, &data[0], &xs, &mut got) };
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            );
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn vector_widths_give_the_same_bits() {
+        let n = 3 * BLOCK + 77;
+        let specials = [
+            0.0f32,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            1e-40,
+            -3e-39,
+            65504.0,
+            1e30,
+        ];
+        let data: Vec<Vec<f32>> = (0..5u64)
+            .map(|m| {
+                let k = RngKey::new(m, "w");
+                (0..n as u64)
+                    .map(|i| {
+                        let b = k.bits(0, i);
+                        if b.is_multiple_of(29) {
+                            specials[(b >> 8) as usize % specials.len()]
+                        } else {
+                            ((b >> 40) as f32 / 16_777_216.0 - 0.5) * 2f32.powi((b % 7) as i32 - 3)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let key = RngKey::new(1, "t");
+        let masks = [
+            Mask::All,
+            Mask::Top(sparsify::select_top(&data[1][..], n / 2)),
+            sparsify::bernoulli(n + 64, 0.6, DType::F32, key, 2, 5),
+            sparsify::magnitude_outliers(&data[3][..], 0.5, 0.1).unwrap(),
+        ];
+        let prepared: Vec<Prepared> = masks
+            .into_iter()
+            .enumerate()
+            .map(|(i, mask)| Prepared {
+                input: i + 1,
+                w: [0.3, 0.7, -0.5, 1.0][i],
+                mask,
+                factor: [None, Some(1.7), Some(0.9), None][i],
+            })
+            .collect();
+        for consensus in [false, true] {
+            for (normalize, lambda_f) in [(false, None), (true, Some(0.8))] {
+                let fin = Finish {
+                    plain_divisor: 0.75,
+                    lambda_f,
+                    consensus,
+                    normalize,
+                };
+                every_width::<super::super::round::F32>(&prepared, &fin, 64, &data);
+                every_width::<super::super::round::Bf16>(&prepared, &fin, 64, &data);
+                every_width::<super::super::round::F16>(&prepared, &fin, 64, &data);
+            }
+        }
     }
 
     #[test]
