@@ -13,8 +13,8 @@
 # Then, for every thread count and type, in the same run and from a warm page cache:
 #   smelt:  smelt quantize -j N -t TYPE family/base  (bf16 safetensors -> TYPE)
 #   llama:  llama-quantize base-bf16.gguf out.gguf TYPE N  (bf16 GGUF -> TYPE)
-# and prints wall and user CPU seconds, throughput (GB of input per wall second) and llama's
-# wall time over smelt's. Finally it checks that the two Q4_K_M files hold the same tensors
+# and prints wall, user CPU and system CPU seconds, throughput (GB of input per wall second) and
+# llama's wall time over smelt's (and user CPU over user CPU). Finally it checks that the two Q4_K_M files hold the same tensors
 # (names, types, shapes and data bytes; the metadata differ: smelt's is its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,9 +48,9 @@ build_llama_quantize() {
   cp "$LL/build/bin/llama-quantize" "$QUANTIZE"
 }
 
-# Runs "$@" under /usr/bin/time; prints "wall user" seconds.
+# Runs "$@" under /usr/bin/time; prints "wall user sys" seconds.
 timed() {
-  /usr/bin/time -f "%e %U" -o "$BENCH_DIR/gguf/time.txt" "$@" >/dev/null 2>"$BENCH_DIR/gguf/log.txt" ||
+  /usr/bin/time -f "%e %U %S" -o "$BENCH_DIR/gguf/time.txt" "$@" >/dev/null 2>"$BENCH_DIR/gguf/log.txt" ||
     { cat "$BENCH_DIR/gguf/log.txt" >&2; exit 1; }
   cat "$BENCH_DIR/gguf/time.txt"
 }
@@ -70,19 +70,20 @@ st_bytes=$(cat "$MODEL"/*.safetensors | wc -c)
 gguf_bytes=$(wc -c < "$BF16")
 echo "model: $MODEL ($((st_bytes / 1000000)) MB bf16 safetensors; BF16 GGUF $((gguf_bytes / 1000000)) MB)"
 echo "llama-quantize: $QUANTIZE (llama.cpp from llama-cpp-python $LCP)"
-echo "type,threads,smelt_wall_s,smelt_user_s,smelt_gbps,llama_wall_s,llama_user_s,llama_gbps,llama_over_smelt"
+echo "type,threads,smelt_wall_s,smelt_user_s,smelt_sys_s,smelt_gbps,llama_wall_s,llama_user_s,llama_sys_s,llama_gbps,wall_ratio,user_ratio"
 for n in $THREADS; do
   for ty in "${types[@]}"; do
     cat "$MODEL"/*.safetensors "$BF16" >/dev/null
     s_out="$BENCH_DIR/gguf/smelt-$ty.gguf"; l_out="$BENCH_DIR/gguf/llama-$ty.gguf"
-    read -r sw su < <(timed "$SMELT" quantize --force --pre gpt-2 -j "$n" -t "$ty" "$MODEL" "$s_out")
-    read -r lw lu < <(timed "$QUANTIZE" "$BF16" "$l_out" "$ty" "$n")
-    python3 - "$ty" "$n" "$sw" "$su" "$lw" "$lu" "$st_bytes" "$gguf_bytes" <<'P'
+    read -r sw su ss < <(timed "$SMELT" quantize --force --pre gpt-2 -j "$n" -t "$ty" "$MODEL" "$s_out")
+    read -r lw lu ls < <(timed "$QUANTIZE" "$BF16" "$l_out" "$ty" "$n")
+    python3 - "$ty" "$n" "$sw" "$su" "$ss" "$lw" "$lu" "$ls" "$st_bytes" "$gguf_bytes" <<'P'
 import sys
 ty, n = sys.argv[1], sys.argv[2]
-sw, su, lw, lu = map(float, sys.argv[3:7])
-sb, gb = int(sys.argv[7]), int(sys.argv[8])
-print(f"{ty},{n},{sw:.2f},{su:.2f},{sb/sw/1e9:.3f},{lw:.2f},{lu:.2f},{gb/lw/1e9:.3f},{lw/sw:.2f}")
+sw, su, ss, lw, lu, ls = map(float, sys.argv[3:9])
+sb, gb = int(sys.argv[9]), int(sys.argv[10])
+print(f"{ty},{n},{sw:.2f},{su:.2f},{ss:.2f},{sb/sw/1e9:.3f},"
+      f"{lw:.2f},{lu:.2f},{ls:.2f},{gb/lw/1e9:.3f},{lw/sw:.2f},{lu/su:.2f}")
 P
   done
 done
