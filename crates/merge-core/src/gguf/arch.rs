@@ -691,6 +691,15 @@ pub fn permute_rows<T: Copy>(
     Ok(out)
 }
 
+/// Where [`permute_rows`] puts row `r` of a matrix of `rows` rows split into `n_head` heads.
+pub fn permuted_row(r: usize, rows: usize, n_head: usize) -> usize {
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let (h, rem) = (r / hd, r % hd);
+    let (s, j) = (rem / half, rem % half);
+    h * hd + 2 * j + s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -394,8 +394,19 @@ pub fn convert_folder(
     pre_override: Option<&str>,
     threads: usize,
 ) -> crate::Result<ConvertReport> {
+    convert_folder_in_chunks(hf_dir, out_path, ftype, pre_override, threads, CHUNK_VALUES)
+}
+
+/// [`convert_folder`] with tensors converted about `chunk_values` values at a time.
+fn convert_folder_in_chunks(
+    hf_dir: &Path,
+    out_path: &Path,
+    ftype: FileType,
+    pre_override: Option<&str>,
+    threads: usize,
+    chunk_values: usize,
+) -> crate::Result<ConvertReport> {
     use crate::checkpoint::Checkpoint;
-    use crate::dtype::DType;
     use rayon::prelude::*;
 
     refuse_input_as_output(hf_dir, out_path)?;
@@ -467,22 +478,7 @@ pub fn convert_folder(
                     writer.write_tensor(i, &encode_tensor(t, vals)?)?;
                     return Ok(());
                 }
-                let info = &ck.tensors[&t.source];
-                let mut vals = vec![0f32; info.numel()];
-                ck.read_f32(info, 0..info.numel(), &mut vals)?;
-                let mut t = t.clone();
-                if t.transform == Transform::AddOne
-                    && matches!(info.dtype, DType::F16 | DType::BF16)
-                {
-                    // The converter adds 1 in the checkpoint's own dtype.
-                    for v in &mut vals {
-                        *v = info.dtype.round(*v + 1.0);
-                    }
-                    t.transform = Transform::None;
-                }
-                let data = encode_tensor(&t, &vals)?;
-                writer.write_tensor(i, &data)?;
-                Ok(())
+                convert_tensor(&ck, t, i, &writer, chunk_values)
             })
     })?;
     writer.finish()?;
@@ -539,6 +535,86 @@ fn sweep_partials(out_path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Values converted per task of [`convert_tensor`].
+const CHUNK_VALUES: usize = 65_536;
+
+/// Converts checkpoint tensor `t.source` into tensor `index` of `writer`, a chunk of rows at a
+/// time (about `chunk_values` values, rounded up to whole rows, and to whole rotary heads for
+/// a permuted matrix) and chunks in parallel: each chunk is read, transformed, checked and quantized in
+/// buffers its task reuses, then written at its place. The bytes are those of
+/// [`encode_tensor`] on the whole tensor, which still serves permuted tensors that are not
+/// matrices.
+fn convert_tensor(
+    ck: &crate::checkpoint::Checkpoint,
+    t: &PlannedTensor,
+    index: usize,
+    writer: &super::file::GgufWriter,
+    chunk_values: usize,
+) -> crate::Result<()> {
+    use rayon::prelude::*;
+
+    let info = &ck.tensors[&t.source];
+    let numel = info.numel();
+    let n_head = match t.transform {
+        Transform::PermuteRows { n_head } if t.dims.len() == 2 => n_head as usize,
+        Transform::PermuteRows { .. } => {
+            let mut vals = vec![0f32; numel];
+            ck.read_f32(info, 0..numel, &mut vals)?;
+            writer.write_tensor(index, &encode_tensor(t, &vals)?)?;
+            return Ok(());
+        }
+        _ => 0,
+    };
+    let ne0 = t.dims[0] as usize;
+    if ne0 == 0 || !ne0.is_multiple_of(t.ty.block_size()) {
+        return Err(GgufError::tensor(
+            &t.name,
+            format!(
+                "row length {ne0} is not a multiple of {}'s block size",
+                t.ty
+            ),
+        )
+        .into());
+    }
+    let n_rows = numel / ne0;
+    // A chunk of a permuted matrix holds whole heads, which the permutation keeps in place.
+    let head_rows = n_rows.checked_div(n_head).unwrap_or(1);
+    let chunk_rows = (chunk_values / ne0).max(1).next_multiple_of(head_rows);
+    let row_bytes = t.ty.row_bytes(ne0);
+    let buffers = || (Vec::<f32>::new(), Vec::<u8>::new());
+    (0..n_rows.div_ceil(chunk_rows))
+        .into_par_iter()
+        .try_for_each_init(buffers, |(vals, out), c| -> crate::Result<()> {
+            let rows = c * chunk_rows..((c + 1) * chunk_rows).min(n_rows);
+            vals.resize(rows.len() * ne0, 0.0);
+            ck.read_f32(info, rows.start * ne0..rows.end * ne0, vals)?;
+            if t.transform == Transform::AddOne {
+                // The converter adds 1 in the checkpoint's own dtype.
+                for v in vals.iter_mut() {
+                    *v = info.dtype.round(*v + 1.0);
+                }
+            }
+            if vals.iter().any(|v| !v.is_finite()) {
+                return Err(GgufError::tensor(
+                    &t.source,
+                    "holds NaN or infinite values, which llama.cpp cannot use",
+                )
+                .into());
+            }
+            out.resize(rows.len() * row_bytes, 0);
+            for (k, x) in vals.chunks_exact(ne0).enumerate() {
+                let dest = if n_head > 0 {
+                    arch::permuted_row(rows.start + k, n_rows, n_head) - rows.start
+                } else {
+                    k
+                };
+                quant::quantize_row(t.ty, x, &mut out[dest * row_bytes..(dest + 1) * row_bytes]);
+            }
+            writer.write_part(index, (rows.start * row_bytes) as u64, out)?;
+            Ok(())
+        })
+}
+
 /// gguf-py's parameter-count label (`853K`, `7.2B`): the count scaled to K/M/B/T, with enough
 /// decimals for two significant digits.
 pub fn size_label(n_params: u64) -> String {
@@ -570,5 +646,23 @@ mod tests {
         assert_eq!(size_label(7_241_732_096), "7.2B");
         assert_eq!(size_label(494_032_768), "494M");
         assert_eq!(size_label(70_553_706_496), "71B");
+    }
+
+    /// Chunks of one row (one head for the permuted Q/K matrices) give the same file as whole
+    /// tensors in one chunk.
+    #[test]
+    fn chunk_size_does_not_change_the_file() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/models/tiny-llama/base");
+        let dir = tempfile::tempdir().unwrap();
+        for ty in ["Q4_K_M", "Q6_K", "F16"] {
+            let ftype = FileType::parse(ty).unwrap();
+            let files = [1, 1 << 30].map(|chunk| {
+                let out = dir.path().join(format!("{ty}-{chunk}.gguf"));
+                convert_folder_in_chunks(&src, &out, ftype, Some("gpt-2"), 2, chunk).unwrap();
+                std::fs::read(out).unwrap()
+            });
+            assert!(files[0] == files[1], "{ty}");
+        }
     }
 }

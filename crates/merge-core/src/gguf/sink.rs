@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::arch::Transform;
+use super::arch::{Transform, permuted_row};
 use super::convert::{self, GgufPlan, HfTensor, PlanOptions, encode_tensor};
 use super::error::GgufError;
 use super::file::{GgufLayout, GgufValue, GgufWriter};
@@ -113,15 +113,6 @@ impl<'a> GgufSink<'a> {
     pub fn gguf_plan(&self) -> &GgufPlan {
         &self.gplan
     }
-}
-
-/// Destination row of source row `r` under llama.cpp's rotary permutation (§4.4).
-fn permuted_row(r: usize, rows: usize, n_head: usize) -> usize {
-    let hd = rows / n_head;
-    let half = hd / 2;
-    let (h, rem) = (r / hd, r % hd);
-    let (s, j) = (rem / half, rem % half);
-    h * hd + 2 * j + s
 }
 
 impl TensorSink for GgufSink<'_> {

@@ -3,6 +3,10 @@
 //! scale-and-minimum search `make_qkx2_quants` (Q2_K, Q4_K, Q5_K), the 12-byte 6-bit
 //! scale/min packing of Q4_K/Q5_K, and the 2-bit plane packing of Q2_K/Q3_K.
 //!
+//! `make_qx_quants` and `make_qkx2_quants` are the scalar, one-sub-block-at-a-time
+//! transcriptions; the quantizers run their eight-lane versions in
+//! [`kquant_lanes`](super::kquant_lanes), which the tests check against these.
+//!
 //! Every expression keeps ggml's f32 evaluation order (`a*b*c` is `(a*b)*c`, integers are
 //! converted to f32 where C converts them) and never fuses a multiply-add, so the results are
 //! bit-identical to ggml's reference quantizers built without FMA.
@@ -35,6 +39,7 @@ fn signed_max(x: &[f32]) -> (f32, f32) {
 
 /// Sums of the weighted least-squares fit for codes `l` found with `iscale`
 /// (weights `w = x²`): returns `(sumlx, suml2)`; writes the codes `l + nmax` into `out` if given.
+#[cfg(test)]
 fn qx_sums(x: &[f32], nmax: i32, iscale: f32, mut out: Option<&mut [u8]>) -> (f32, f32) {
     let mut sumlx = 0.0f32;
     let mut suml2 = 0.0f32;
@@ -55,6 +60,7 @@ fn qx_sums(x: &[f32], nmax: i32, iscale: f32, mut out: Option<&mut [u8]>) -> (f3
 /// scale for `x` with codes in `[0, 2·nmax)` written to `l` (code − nmax is the signed level).
 /// Returns the least-squares scale of the best of 19 candidate grids; 0 (codes 0) when
 /// `max|x| < GROUP_MAX_EPS`.
+#[cfg(test)]
 pub(super) fn make_qx_quants(x: &[f32], nmax: i32, l: &mut [u8]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
@@ -151,6 +157,7 @@ pub(super) struct Qkx2Params {
 }
 
 /// Weighted error of reconstructing `x` as `scale·L + min`.
+#[cfg(test)]
 fn qkx2_error(x: &[f32], w: &[f32], codes: &[u8], scale: f32, min: f32, use_mad: bool) -> f32 {
     let mut err = 0.0f32;
     for ((&xi, &wi), &li) in x.iter().zip(w).zip(codes) {
@@ -163,6 +170,7 @@ fn qkx2_error(x: &[f32], w: &[f32], codes: &[u8], scale: f32, min: f32, use_mad:
 
 /// `make_qkx2_quants`: affine fit `x ≈ scale·L − min_out` with codes `L ∈ [0, nmax]` written to
 /// `l`, weights `w`. Returns `(scale, min_out)`; `min_out ≥ 0` (it may be -0.0).
+#[cfg(test)]
 pub(super) fn make_qkx2_quants(x: &[f32], w: &[f32], l: &mut [u8], p: &Qkx2Params) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];

@@ -7,7 +7,9 @@
 //! machine or on the number of threads.
 
 pub mod float;
+mod kquant_lanes;
 mod kquant_util;
+mod lanes;
 mod q2_k;
 mod q3_k;
 mod q4_0;

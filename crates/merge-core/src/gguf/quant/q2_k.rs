@@ -3,7 +3,9 @@
 //! (2-bit codes, plane layout E), `d: f16`, `dmin: f16`.
 
 use super::float::{read_f16, write_f16};
-use super::kquant_util::{Qkx2Params, get_2bit, make_qkx2_quants, nearest_int, pack_2bit_planes};
+use super::kquant_lanes::qkx2_lanes;
+use super::kquant_util::{Qkx2Params, get_2bit, nearest_int, pack_2bit_planes};
+use super::lanes::{Lanes, transpose_in, with_avx2};
 
 /// Elements per super-block.
 pub(super) const QK: usize = 256;
@@ -23,27 +25,41 @@ const PARAMS: Qkx2Params = Qkx2Params {
     use_mad: true,
 };
 
-/// Quantizes one super-block of 256 values into 84 bytes.
-pub(super) fn quantize_block(x: &[f32], y: &mut [u8]) {
+with_avx2!(
+    /// Quantizes one super-block of 256 values into 84 bytes.
+    quantize_block => quantize_block_inline
+);
+
+#[inline(always)]
+fn quantize_block_inline<V: Lanes>(x: &[f32], y: &mut [u8]) {
+    // The affine search on the sixteen 16-element sub-blocks, eight at a time (one per lane),
+    // weighted by |x|.
     let mut codes = [0u8; QK];
     let mut scales = [0f32; 16];
     let mut mins = [0f32; 16];
+    for half in 0..2 {
+        let xs: [V; 16] = transpose_in(x, 128 * half, 16);
+        let mut w = xs;
+        for wi in &mut w {
+            *wi = wi.abs();
+        }
+        let found = qkx2_lanes(&xs, &w, &PARAMS);
+        for j in 0..8 {
+            scales[8 * half + j] = found.scale[j];
+            mins[8 * half + j] = found.min[j];
+            for (i, li) in found.codes.iter().enumerate() {
+                codes[128 * half + 16 * j + i] = li[j] as u8;
+            }
+        }
+    }
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..16 {
-        let xs = &x[16 * j..16 * j + 16];
-        let mut w = [0f32; 16];
-        for (wi, &xi) in w.iter_mut().zip(xs) {
-            *wi = xi.abs();
+        if scales[j] > max_scale {
+            max_scale = scales[j];
         }
-        let (s, m) = make_qkx2_quants(xs, &w, &mut codes[16 * j..16 * j + 16], &PARAMS);
-        scales[j] = s;
-        mins[j] = m;
-        if s > max_scale {
-            max_scale = s;
-        }
-        if m > max_min {
-            max_min = m;
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
 

@@ -3,9 +3,9 @@
 //! codes: 64-element chunk c holds elements 64c..64c+32 in low nibbles, the next 32 in high).
 
 use super::float::{read_f16, write_f16};
-use super::kquant_util::{
-    Qkx2Params, get_scale_min_k4, make_qkx2_quants, nearest_int, pack_scale_min_k4,
-};
+use super::kquant_lanes::qkx2_lanes;
+use super::kquant_util::{Qkx2Params, get_scale_min_k4, nearest_int, pack_scale_min_k4};
+use super::lanes::{Lanes, transpose_in, with_avx2};
 
 /// Elements per super-block.
 pub(super) const QK: usize = 256;
@@ -17,34 +17,42 @@ const DMIN: usize = 2;
 const SCALES: usize = 4;
 const QS: usize = 16;
 
-/// The shared first half of Q4_K and Q5_K: per 32-element sub-block affine search, 6-bit
-/// scale/min quantization, `d`/`dmin`/`scales` stored into `y[0..16]`, and the second pass with
-/// the stored scales. Returns the codes (0..=nmax).
-pub(super) fn quantize_scales_and_codes(x: &[f32], y: &mut [u8], params: &Qkx2Params) -> [u8; QK] {
+/// The shared first half of Q4_K and Q5_K: the affine search on the eight 32-element
+/// sub-blocks (one per lane), 6-bit scale/min quantization, `d`/`dmin`/`scales` stored into
+/// `y[0..16]`, and the second pass with the stored scales. Returns the codes (0..=nmax).
+#[inline(always)]
+pub(super) fn quantize_scales_and_codes<V: Lanes>(
+    x: &[f32],
+    y: &mut [u8],
+    params: &Qkx2Params,
+) -> [u8; QK] {
+    // xs[i] holds element i of every sub-block.
+    let xs: [V; 32] = transpose_in(x, 0, 32);
+    let mut sum_x2 = V::splat(0.0);
+    for &v in &xs {
+        sum_x2 = sum_x2 + v * v;
+    }
+    let av_x = (sum_x2 / V::splat(32.0)).sqrt();
+    let mut w = [av_x; 32];
+    for i in 0..32 {
+        w[i] = av_x + xs[i].abs();
+    }
+    let found = qkx2_lanes(&xs, &w, params);
     let mut codes = [0u8; QK];
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
+    for (i, l) in found.codes.iter().enumerate() {
+        for j in 0..8 {
+            codes[32 * j + i] = l[j] as u8;
+        }
+    }
+    let (scales, mins) = (found.scale, found.min);
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
-        let mut sum_x2 = 0.0f32;
-        for &v in xs {
-            sum_x2 += v * v;
+        if scales[j] > max_scale {
+            max_scale = scales[j];
         }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        let mut w = [0f32; 32];
-        for (wi, &v) in w.iter_mut().zip(xs) {
-            *wi = av_x + v.abs();
-        }
-        let (s, m) = make_qkx2_quants(xs, &w, &mut codes[32 * j..32 * j + 32], params);
-        scales[j] = s;
-        mins[j] = m;
-        if s > max_scale {
-            max_scale = s;
-        }
-        if m > max_min {
-            max_min = m;
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
 
@@ -82,8 +90,13 @@ pub(super) fn quantize_scales_and_codes(x: &[f32], y: &mut [u8], params: &Qkx2Pa
     codes
 }
 
-/// Quantizes one super-block of 256 values into 144 bytes.
-pub(super) fn quantize_block(x: &[f32], y: &mut [u8]) {
+with_avx2!(
+    /// Quantizes one super-block of 256 values into 144 bytes.
+    quantize_block => quantize_block_inline
+);
+
+#[inline(always)]
+fn quantize_block_inline<V: Lanes>(x: &[f32], y: &mut [u8]) {
     let params = Qkx2Params {
         nmax: 15,
         rmin: -1.0,
@@ -91,7 +104,7 @@ pub(super) fn quantize_block(x: &[f32], y: &mut [u8]) {
         nstep: 20,
         use_mad: false,
     };
-    let codes = quantize_scales_and_codes(x, y, &params);
+    let codes = quantize_scales_and_codes::<V>(x, y, &params);
     for c in 0..4 {
         for l in 0..32 {
             y[QS + 32 * c + l] = codes[64 * c + l] | (codes[64 * c + 32 + l] << 4);

@@ -4,6 +4,7 @@
 
 use super::float::read_f16;
 use super::kquant_util::{Qkx2Params, get_scale_min_k4};
+use super::lanes::{Lanes, with_avx2};
 use super::q4_k::quantize_scales_and_codes;
 
 /// Elements per super-block.
@@ -17,8 +18,13 @@ const SCALES: usize = 4;
 const QH: usize = 16;
 const QS: usize = 48;
 
-/// Quantizes one super-block of 256 values into 176 bytes.
-pub(super) fn quantize_block(x: &[f32], y: &mut [u8]) {
+with_avx2!(
+    /// Quantizes one super-block of 256 values into 176 bytes.
+    quantize_block => quantize_block_inline
+);
+
+#[inline(always)]
+fn quantize_block_inline<V: Lanes>(x: &[f32], y: &mut [u8]) {
     let params = Qkx2Params {
         nmax: 31,
         rmin: -0.5,
@@ -26,7 +32,7 @@ pub(super) fn quantize_block(x: &[f32], y: &mut [u8]) {
         nstep: 15,
         use_mad: false,
     };
-    let codes = quantize_scales_and_codes(x, y, &params);
+    let codes = quantize_scales_and_codes::<V>(x, y, &params);
     let mut qh = [0u8; 32];
     for c in 0..4 {
         for l in 0..32 {

@@ -4,7 +4,9 @@
 //! high bits in `qh[32h + l]` bits `2g..2g+1`.
 
 use super::float::{read_f16, write_f16};
-use super::kquant_util::{GROUP_MAX_EPS, make_qx_quants, nearest_int};
+use super::kquant_lanes::qx_lanes;
+use super::kquant_util::{GROUP_MAX_EPS, nearest_int};
+use super::lanes::{Lanes, transpose_in, with_avx2};
 
 /// Elements per super-block.
 pub(super) const QK: usize = 256;
@@ -16,15 +18,29 @@ const QH: usize = 128;
 const SCALES: usize = 192;
 const D: usize = 208;
 
-/// Quantizes one super-block of 256 values into 210 bytes.
-pub(super) fn quantize_block(x: &[f32], y: &mut [u8]) {
+with_avx2!(
+    /// Quantizes one super-block of 256 values into 210 bytes.
+    quantize_block => quantize_block_inline
+);
+
+#[inline(always)]
+fn quantize_block_inline<V: Lanes>(x: &[f32], y: &mut [u8]) {
+    // The symmetric search on the sixteen 16-element sub-blocks, eight at a time (one per lane).
     let mut codes = [0u8; QK];
     let mut scales = [0f32; 16];
+    for half in 0..2 {
+        let xs: [V; 16] = transpose_in(x, 128 * half, 16);
+        let (s, l) = qx_lanes(&xs, 32);
+        for j in 0..8 {
+            scales[8 * half + j] = s[j];
+            for (i, li) in l.iter().enumerate() {
+                codes[128 * half + 16 * j + i] = li[j] as u8;
+            }
+        }
+    }
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for j in 0..16 {
-        let s = make_qx_quants(&x[16 * j..16 * j + 16], 32, &mut codes[16 * j..16 * j + 16]);
-        scales[j] = s;
+    for &s in &scales {
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();
             max_scale = s;
