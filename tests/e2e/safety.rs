@@ -13,6 +13,11 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `smelt run RECIPE OUT`.
+fn run_recipe(r: &Path, out: &Path) -> std::process::Output {
+    smelt().arg("run").arg(r).arg(out).output().unwrap()
+}
+
 /// A recipe over a copy of the tiny base and ft1 models in `dir`.
 fn setup(dir: &Path) -> std::path::PathBuf {
     let fam = fixtures().join("models/tiny-llama");
@@ -153,12 +158,7 @@ fn weights_summing_to_zero_with_normalize_is_an_error_naming_the_tensor() {
         .replacen("weight: 0.5", "weight: 1.0", 1)
         .replacen("weight: 0.5", "weight: -1.0", 1);
     std::fs::write(&r, text).unwrap();
-    let o = smelt()
-        .arg("run")
-        .arg(&r)
-        .arg(tmp.path().join("out"))
-        .output()
-        .unwrap();
+    let o = run_recipe(&r, &tmp.path().join("out"));
     assert_fails(&o, &["linear merge of `", "sum to 0", "normalize"]);
     assert_no_output(tmp.path(), "out");
 }
@@ -172,12 +172,7 @@ fn a_merge_that_overflows_float16_is_an_error_naming_the_tensor() {
         .replace("weight: 0.5", "weight: 1.0e6")
         + "parameters: {normalize: false}\ndtype: float32\nout_dtype: float16\n";
     std::fs::write(&r, text).unwrap();
-    let o = smelt()
-        .arg("run")
-        .arg(&r)
-        .arg(tmp.path().join("out"))
-        .output()
-        .unwrap();
+    let o = run_recipe(&r, &tmp.path().join("out"));
     assert_fails(
         &o,
         &[
@@ -206,12 +201,7 @@ fn nan_in_an_input_is_a_warning_naming_model_and_tensor() {
         tmp.path(),
         "models:\n  - model: a\n    parameters: {weight: 0.5}\n  - model: b\n    parameters: {weight: 0.5}\nmerge_method: linear\n",
     );
-    let o = smelt()
-        .arg("run")
-        .arg(&r)
-        .arg(tmp.path().join("out"))
-        .output()
-        .unwrap();
+    let o = run_recipe(&r, &tmp.path().join("out"));
     let e = assert_ok(&o);
     assert!(
         e.contains("tensor `model.layers.0.self_attn.q_proj.weight` holds NaN or infinite values"),
@@ -432,12 +422,7 @@ fn a_layer_count_that_is_not_a_number_is_an_error_naming_the_key() {
             serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
         cfg["num_hidden_layers"] = bad.clone();
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        let o = smelt()
-            .arg("run")
-            .arg(&r)
-            .arg(tmp.path().join("out"))
-            .output()
-            .unwrap();
+        let o = run_recipe(&r, &tmp.path().join("out"));
         assert_fails(&o, &["num_hidden_layers", &bad.to_string(), "config.json"]);
     }
 }
@@ -450,12 +435,7 @@ fn density_outside_0_1_is_an_error_naming_the_key_and_t_beyond_1_a_warning() {
         tmp.path(),
         "models:\n  - model: b\n    parameters: {weight: 1.0, density: 1.5}\nmerge_method: ties\nbase_model: a\n",
     );
-    let o = smelt()
-        .arg("run")
-        .arg(&r)
-        .arg(tmp.path().join("out"))
-        .output()
-        .unwrap();
+    let o = run_recipe(&r, &tmp.path().join("out"));
     assert_fails(
         &o,
         &["parameter `density` = 1.5 is outside [0, 1]", "model `b`"],
@@ -465,12 +445,7 @@ fn density_outside_0_1_is_an_error_naming_the_key_and_t_beyond_1_a_warning() {
         tmp.path(),
         "models:\n  - model: a\n  - model: b\nmerge_method: slerp\nbase_model: a\nparameters: {t: 1.2}\n",
     );
-    let o = smelt()
-        .arg("run")
-        .arg(&r)
-        .arg(tmp.path().join("out2"))
-        .output()
-        .unwrap();
+    let o = run_recipe(&r, &tmp.path().join("out2"));
     let e = assert_ok(&o);
     assert!(
         e.contains("`t` = 1.2 is outside [0, 1]") && e.contains("extrapolates"),

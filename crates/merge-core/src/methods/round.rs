@@ -81,38 +81,3 @@ macro_rules! with_round {
 }
 
 pub(crate) use with_round;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bf16_matches_half_on_a_bit_sweep() {
-        let mut b = 0u32;
-        loop {
-            let x = f32::from_bits(b);
-            let want = DType::BF16.round(x);
-            let got = round_bf16(x);
-            assert_eq!(want.to_bits(), got.to_bits(), "{b:#x}");
-            match b.checked_add(977) {
-                Some(n) => b = n,
-                None => break,
-            }
-        }
-        // the halfway cases explicitly
-        for b in [
-            0x3f80_8000u32,
-            0x3f81_8000,
-            0x7f7f_8000,
-            0x0000_8000,
-            0x8001_8000,
-        ] {
-            let x = f32::from_bits(b);
-            assert_eq!(
-                DType::BF16.round(x).to_bits(),
-                round_bf16(x).to_bits(),
-                "{b:#x}"
-            );
-        }
-    }
-}
