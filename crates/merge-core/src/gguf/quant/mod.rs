@@ -2,9 +2,11 @@
 //! (`quantize_row_*_ref`, no importance matrix) on x86-64 without FMA (spec `gguf.md` §2).
 //!
 //! One file per format ([`float`] for F32/F16/BF16 rows, `q8_0` … `q6_k` for the block
-//! formats) plus `kquant_util` for the searches the K-quants share. All arithmetic is plain f32
-//! in ggml's evaluation order, without fused multiply-adds, so results do not depend on the
-//! machine or on the number of threads.
+//! formats) plus `kquant_util` for the searches the K-quants share, `kquant_lanes` for those
+//! searches run on eight sub-blocks at once, and `lanes` (`lanes_avx2`) for the eight-lane
+//! vectors they run on. All arithmetic is plain f32 in ggml's evaluation order, per lane,
+//! without fused multiply-adds, so results do not depend on the machine, on AVX2 or on the
+//! number of threads.
 
 pub mod float;
 mod kquant_lanes;
