@@ -513,6 +513,53 @@ impl ChunkSink for StreamSink<'_> {
     }
 }
 
+/// Merges tensor `ti` through its method's streaming kernel: inputs are read in chunks as
+/// the kernel asks for them, outputs written as it produces them.
+fn run_streamed(plan: &Plan, ti: usize, sink: &dyn TensorSink, watch: &FiniteWatch) -> Result<()> {
+    let t = &plan.tensors[ti];
+    let multiple = sink.chunk_multiple(ti).max(1);
+    let src = StreamSource {
+        plan,
+        t,
+        ti,
+        watch,
+        chunk: (CHUNK / multiple).max(1) * multiple,
+    };
+    let names: Vec<String> = t
+        .sources
+        .iter()
+        .map(|s| plan.models[s.model].reference.to_string())
+        .collect();
+    let inputs: Vec<Input> = t
+        .sources
+        .iter()
+        .zip(&names)
+        .map(|(s, n)| Input {
+            data: &[],
+            is_base: s.is_base,
+            params: &s.params,
+            model: n,
+        })
+        .collect();
+    let ctx = MergeCtx {
+        tensor: &t.name,
+        shape: &t.shape,
+        offset: 0,
+        inputs: &inputs,
+        global: &t.global,
+        math: t.math,
+        seed: plan.seed,
+        is_embed: t.is_embed,
+    };
+    plan.method
+        .merge_streaming(&ctx, &src, &StreamSink { sink, ti })
+        .map_err(|reason| Error::Method {
+            method: plan.method.info().name.to_string(),
+            tensor: t.name.clone(),
+            reason,
+        })
+}
+
 fn run_tensor(
     plan: &Plan,
     ti: usize,
@@ -528,48 +575,7 @@ fn run_tensor(
         return sink.write_raw(ti, &bytes);
     }
     if stream {
-        let multiple = sink.chunk_multiple(ti).max(1);
-        let src = StreamSource {
-            plan,
-            t,
-            ti,
-            watch,
-            chunk: (CHUNK / multiple).max(1) * multiple,
-        };
-        let names: Vec<String> = t
-            .sources
-            .iter()
-            .map(|s| plan.models[s.model].reference.to_string())
-            .collect();
-        let inputs: Vec<Input> = t
-            .sources
-            .iter()
-            .zip(&names)
-            .map(|(s, n)| Input {
-                data: &[],
-                is_base: s.is_base,
-                params: &s.params,
-                model: n,
-            })
-            .collect();
-        let ctx = MergeCtx {
-            tensor: &t.name,
-            shape: &t.shape,
-            offset: 0,
-            inputs: &inputs,
-            global: &t.global,
-            math: t.math,
-            seed: plan.seed,
-            is_embed: t.is_embed,
-        };
-        return plan
-            .method
-            .merge_streaming(&ctx, &src, &StreamSink { sink, ti })
-            .map_err(|reason| Error::Method {
-                method: plan.method.info().name.to_string(),
-                tensor: t.name.clone(),
-                reason,
-            });
+        return run_streamed(plan, ti, sink, watch);
     }
     let numel = t.numel();
     let infos: Vec<&TensorInfo> = t.sources.iter().map(|s| plan.source_info(s)).collect();

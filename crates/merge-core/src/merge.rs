@@ -283,6 +283,54 @@ pub fn check_lock_path(p: &Path, inputs: &[PathBuf], recipe: &Recipe, force: boo
     Ok(())
 }
 
+/// Writes config.json, the tokenizer files and the model card into the output folder (before
+/// the tensors: the GGUF route reads config and tokenizer from there); adds warnings.
+fn write_small_files(
+    plan: &Plan,
+    recipe: &Recipe,
+    opts: &MergeOptions,
+    dir: &OutputDir,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<WrittenFile>> {
+    let mut files = Vec::new();
+    if let Some(cfg) = &plan.config {
+        let text = serde_json::to_string_pretty(cfg).expect("json") + "\n";
+        files.push(output::write_file(
+            dir.path(),
+            "config.json",
+            text.as_bytes(),
+        )?);
+    } else {
+        warnings.push("no config.json written: the donor model has none".into());
+    }
+    if plan.tokenizer.is_some() {
+        files.extend(output::write_tokenizer(plan, dir.path())?);
+    } else if opts.copy_tokenizer || opts.gguf.is_some() {
+        let (f, w) = output::copy_tokenizer(plan, dir.path())?;
+        files.extend(f);
+        warnings.extend(w);
+    } else if plan.chat_template.is_some() {
+        warnings.push(
+            "a chat_template is set but no tokenizer is written (--no-copy-tokenizer); the template is not saved"
+                .into(),
+        );
+    }
+    if opts.write_card {
+        files.push(output::write_file(
+            dir.path(),
+            "README.md",
+            output::model_card(plan, &recipe.text, name).as_bytes(),
+        )?);
+        files.push(output::write_file(
+            dir.path(),
+            "mergekit_config.yml",
+            recipe.text.as_bytes(),
+        )?);
+    }
+    Ok(files)
+}
+
 /// Runs `recipe` into the folder `out`.
 pub fn run(
     recipe: &Recipe,
@@ -319,43 +367,9 @@ pub fn run(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     // the small files first: the GGUF route reads config and tokenizer from the output
-    let mut files = Vec::new();
     let mut warnings = plan.warnings.clone();
     warnings.extend(dir.swept_notices());
-    if let Some(cfg) = &plan.config {
-        let text = serde_json::to_string_pretty(cfg).expect("json") + "\n";
-        files.push(output::write_file(
-            dir.path(),
-            "config.json",
-            text.as_bytes(),
-        )?);
-    } else {
-        warnings.push("no config.json written: the donor model has none".into());
-    }
-    if plan.tokenizer.is_some() {
-        files.extend(output::write_tokenizer(&plan, dir.path())?);
-    } else if opts.copy_tokenizer || opts.gguf.is_some() {
-        let (f, w) = output::copy_tokenizer(&plan, dir.path())?;
-        files.extend(f);
-        warnings.extend(w);
-    } else if plan.chat_template.is_some() {
-        warnings.push(
-            "a chat_template is set but no tokenizer is written (--no-copy-tokenizer); the template is not saved"
-                .into(),
-        );
-    }
-    if opts.write_card {
-        files.push(output::write_file(
-            dir.path(),
-            "README.md",
-            output::model_card(&plan, &recipe.text, &name).as_bytes(),
-        )?);
-        files.push(output::write_file(
-            dir.path(),
-            "mergekit_config.yml",
-            recipe.text.as_bytes(),
-        )?);
-    }
+    let mut files = write_small_files(&plan, recipe, opts, &dir, &name, &mut warnings)?;
     let shards = match &opts.gguf {
         Some(g) if !g.keep_safetensors => None,
         _ => Some(SafetensorsWriter::create(&plan, dir.path())?),
