@@ -26,6 +26,7 @@ pub mod dare_linear;
 pub mod dare_ties;
 pub mod della;
 pub mod della_linear;
+pub mod della_mask;
 pub mod karcher;
 pub mod linear;
 pub mod model_stock;

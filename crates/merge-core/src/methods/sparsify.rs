@@ -751,256 +751,6 @@ pub fn round_scalar(dtype: DType, x: f64) -> f32 {
     }
 }
 
-/// DELLA keep probabilities for ranks `1..=c` of a row of `c` elements, computed with
-/// mergekit's operations rounded to the work dtype: `p = (density − ε) + 2ε·(rank−1)/(c−1)`.
-/// A row of one element gets `rank_norm = 0.5` (see divergences).
-pub fn della_probabilities(c: usize, density: f64, epsilon: f64, work: DType) -> Vec<f32> {
-    let w = |x: f32| work.round(x);
-    let rank = |r0: usize| w(w(r0 as f32) + 1.0);
-    let min = rank(0);
-    let max = rank(c.saturating_sub(1));
-    let span = w(max - min);
-    let eps = epsilon as f32;
-    let low = (density - epsilon) as f32;
-    (0..c)
-        .map(|r0| {
-            let norm = if c == 1 {
-                0.5
-            } else {
-                w(w(rank(r0) - min) / span).clamp(0.0, 1.0)
-            };
-            w(w(w(norm * 2.0) * eps) + low)
-        })
-        .collect()
-}
-
-/// DELLA magnitude-ranked drop: per row (axis 1 of ≥2-D tensors; a 0-/1-D tensor is one
-/// row), elements are ranked by ascending priority and kept with probability
-/// [`della_probabilities`]. `density ≥ 1` keeps everything, `density ≤ 0` nothing; otherwise
-/// `density ± epsilon` must lie inside `(0, 1)`.
-///
-/// The draws are made once, in parallel over groups of whole row blocks that each cover a
-/// whole number of mask words, into a packed bit mask.
-#[allow(clippy::too_many_arguments)]
-pub fn della_magprune<V: Values + ?Sized>(
-    v: &V,
-    shape: &[usize],
-    density: f64,
-    epsilon: f64,
-    work: DType,
-    key: RngKey,
-    model: u32,
-    offset: usize,
-) -> Result<Mask, String> {
-    let n = v.numel();
-    let d = match della_setup(n, shape, density, epsilon, work)? {
-        Ok(d) => d,
-        Err(mask) => return Ok(mask),
-    };
-    let mut words = vec![0u64; n.div_ceil(64)];
-    if n == 0 {
-        return Ok(Mask::Bits(words));
-    }
-    // rows per group: a multiple of the rows that end on a word boundary, about a chunk
-    let step = 64 / gcd(d.block, 64);
-    let rows = (CHUNK / d.block / step).max(1) * step;
-    let group = rows * d.block;
-    words.par_chunks_mut(group / 64).enumerate().for_each_init(
-        DellaScratch::default,
-        |s, (g, ws)| {
-            let start = g * group;
-            let len = group.min(n - start);
-            s.vals.resize(len, 0.0);
-            v.fill(start, &mut s.vals);
-            s.flags.clear();
-            s.flags.resize(len, false);
-            for b in 0..len / d.block {
-                let r = b * d.block..(b + 1) * d.block;
-                let first = (offset + start + r.start) as u64;
-                d.block_flags(
-                    &s.vals[r.clone()],
-                    key,
-                    model,
-                    first,
-                    &mut s.rank,
-                    &mut s.flags[r],
-                );
-            }
-            for (word, flags) in ws.iter_mut().zip(s.flags.chunks(64)) {
-                *word = flags
-                    .iter()
-                    .enumerate()
-                    .fold(0u64, |w, (b, f)| w | (*f as u64) << b);
-            }
-        },
-    );
-    Ok(Mask::Bits(words))
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
-}
-
-/// The shape of DELLA's ranking and its keep thresholds.
-struct Della {
-    /// Elements per ranked block (`c · inner`).
-    block: usize,
-    c: usize,
-    inner: usize,
-    /// [`threshold24`] of the keep probability of each rank.
-    thresholds: Vec<u32>,
-}
-
-/// Per-thread buffers of [`della_magprune`].
-#[derive(Default)]
-struct DellaScratch {
-    vals: Vec<f32>,
-    flags: Vec<bool>,
-    rank: RankScratch,
-}
-
-/// Buffers of one row block's ranking.
-#[derive(Default)]
-struct RankScratch {
-    keys: Vec<u32>,
-    order: Vec<u64>,
-    tmp: Vec<u64>,
-    draws: Vec<u32>,
-}
-
-/// The ranking of a tensor of `n` elements, or (as `Err`) the mask when none is needed;
-/// an error for a bad `epsilon` or shape.
-fn della_setup(
-    n: usize,
-    shape: &[usize],
-    density: f64,
-    epsilon: f64,
-    work: DType,
-) -> Result<Result<Della, Mask>, String> {
-    if density >= 1.0 {
-        return Ok(Err(Mask::All));
-    }
-    if density <= 0.0 {
-        return Ok(Err(Mask::Nothing));
-    }
-    if density + epsilon >= 1.0 || density - epsilon <= 0.0 {
-        return Err(format!(
-            "della: epsilon must keep density ± epsilon inside (0, 1), got density {density} \
-             and epsilon {epsilon} (density − epsilon = {}, density + epsilon = {})",
-            density - epsilon,
-            density + epsilon
-        ));
-    }
-    let (rows, c, inner) = if shape.len() < 2 {
-        (1, n, 1)
-    } else {
-        (shape[0], shape[1], shape[2..].iter().product::<usize>())
-    };
-    if rows * c * inner != n {
-        return Err(format!(
-            "della: shape {shape:?} does not match {n} elements"
-        ));
-    }
-    if c > u32::MAX as usize {
-        return Err(format!("della: rows of {c} elements are too long to rank"));
-    }
-    let probs = della_probabilities(c, density, epsilon, work);
-    Ok(Ok(Della {
-        block: (c * inner).max(1),
-        c,
-        inner,
-        thresholds: probs.into_iter().map(threshold24).collect(),
-    }))
-}
-
-impl Della {
-    /// The DELLA draws of one row block (`vals`: its `c · inner` values; `first`: the element
-    /// index of its first value, including the kernel offset) into `flags`.
-    fn block_flags(
-        &self,
-        vals: &[f32],
-        key: RngKey,
-        model: u32,
-        first: u64,
-        s: &mut RankScratch,
-        flags: &mut [bool],
-    ) {
-        s.draws.resize(vals.len(), 0);
-        key.draws24(model, first, &mut s.draws);
-        for col in 0..self.inner {
-            s.keys.clear();
-            s.keys
-                .extend((0..self.c).map(|j| magnitude_key(vals[j * self.inner + col])));
-            priority_order(&s.keys, &mut s.order, &mut s.tmp);
-            for (r0, &p) in s.order.iter().enumerate() {
-                let local = p as u32 as usize * self.inner + col;
-                flags[local] = s.draws[local] < self.thresholds[r0];
-            }
-        }
-    }
-}
-
-/// The positions of `keys` in ascending priority (smaller key first, higher position first
-/// among equal keys) into `order`: a stable least-significant-digit radix sort of
-/// `(key, position)` pairs, starting from descending positions, by the key bytes that differ
-/// between keys only.
-///
-/// Each pass walks the two halves of the current order as two independent streams (a
-/// histogram and a scatter offset table each), which halves the store-to-load chains on
-/// runs of equal digits; the first half's elements of a digit still land before the second
-/// half's, so the sort stays stable.
-fn priority_order(keys: &[u32], order: &mut Vec<u64>, tmp: &mut Vec<u64>) {
-    let c = keys.len();
-    order.clear();
-    order.extend(
-        keys.iter()
-            .enumerate()
-            .rev()
-            .map(|(j, k)| (*k as u64) << 32 | j as u64),
-    );
-    tmp.clear();
-    tmp.resize(c, 0);
-    let (or, and) = keys
-        .iter()
-        .fold((0u32, u32::MAX), |(o, a), &k| (o | k, a & k));
-    let half = c / 2;
-    for shift in [32u32, 40, 48, 56] {
-        if ((or ^ and) >> (shift - 32)) & 0xff == 0 {
-            continue;
-        }
-        let digit = |p: u64| ((p >> shift) & 0xff) as usize;
-        let (first, second) = order.split_at(half);
-        let mut h = [[0u32; 256]; 2];
-        for (&a, &b) in first.iter().zip(second) {
-            h[0][digit(a)] += 1;
-            h[1][digit(b)] += 1;
-        }
-        if let Some(&b) = second.get(half) {
-            h[1][digit(b)] += 1;
-        }
-        // offsets: every digit's first-half elements, then its second-half elements
-        let mut sum = 0u32;
-        let [h0, h1] = &mut h;
-        for (x, y) in h0.iter_mut().zip(h1.iter_mut()) {
-            let (a, b) = (*x, *y);
-            *x = sum;
-            *y = sum + a;
-            sum += a + b;
-        }
-        for (&a, &b) in first.iter().zip(second) {
-            let (da, db) = (digit(a), digit(b));
-            tmp[h[0][da] as usize] = a;
-            h[0][da] += 1;
-            tmp[h[1][db] as usize] = b;
-            h[1][db] += 1;
-        }
-        if let Some(&b) = second.get(half) {
-            tmp[h[1][digit(b)] as usize] = b;
-        }
-        std::mem::swap(order, tmp);
-    }
-}
-
 /// The L1 rescale factor `‖δ‖₁ / ‖masked‖₁` (norms and ratio rounded to `work`), or `None`
 /// when it does not apply: an untouched mask, or either norm below `1e-7`.
 ///
@@ -1143,7 +893,7 @@ pub fn apply_slice<R: Round>(delta: &[f32], mask: &Mask, rescale: bool, work: DT
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn kept(mask: &Mask, v: &[f32]) -> Vec<usize> {
@@ -1295,66 +1045,6 @@ mod tests {
     }
 
     #[test]
-    fn della_probabilities_example_from_spec() {
-        // §2.7: row of 5, density .5, ε .1 → p = .40, .45, .50, .55, .60
-        let p = della_probabilities(5, 0.5, 0.1, DType::F32);
-        let want = [0.40f32, 0.45, 0.50, 0.55, 0.60];
-        for (a, b) in p.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{p:?}");
-        }
-        // bf16 ranks are coarse: 257 rounds to 256
-        let p = della_probabilities(300, 0.5, 0.1, DType::BF16);
-        assert_eq!(p[255], p[256]);
-        assert_eq!(della_probabilities(1, 0.5, 0.1, DType::F32), vec![0.5]);
-    }
-
-    #[test]
-    fn della_ranks_by_magnitude_within_rows() {
-        // probability rises with magnitude: over many rows, the largest element of each row
-        // survives more often than the smallest.
-        let rows = 4000;
-        let c = 5;
-        let v: Vec<f32> = (0..rows * c).map(|i| (i % c) as f32 + 1.0).collect();
-        let key = RngKey::new(7, "t");
-        let m = della_magprune(&v[..], &[rows, c], 0.5, 0.1, DType::F32, key, 1, 0).unwrap();
-        let f = m.to_vec(&v[..]);
-        let frac = |j: usize| (0..rows).filter(|r| f[r * c + j]).count() as f64 / rows as f64;
-        assert!((frac(0) - 0.40).abs() < 0.03, "{}", frac(0));
-        assert!((frac(4) - 0.60).abs() < 0.03, "{}", frac(4));
-    }
-
-    #[test]
-    fn della_rejects_bad_epsilon() {
-        let v = [1.0f32; 4];
-        let e = della_magprune(
-            &v[..],
-            &[4],
-            0.1,
-            0.15,
-            DType::F32,
-            RngKey::new(1, "t"),
-            0,
-            0,
-        )
-        .unwrap_err();
-        assert!(e.contains("0.1") && e.contains("0.15"), "{e}");
-        // density 1 never checks epsilon
-        assert!(
-            della_magprune(
-                &v[..],
-                &[4],
-                1.0,
-                0.15,
-                DType::F32,
-                RngKey::new(1, "t"),
-                0,
-                0
-            )
-            .is_ok()
-        );
-    }
-
-    #[test]
     fn bernoulli_kept_fraction() {
         let n = 20_000;
         let v = vec![1.0f32; n];
@@ -1375,7 +1065,7 @@ mod tests {
 
     /// Deterministic pseudo-random values: `bits` random bits scaled into a few binades, with
     /// some zeros and repeated values.
-    fn noise(n: usize, seed: u64, math: DType) -> Vec<f32> {
+    pub(crate) fn noise(n: usize, seed: u64, math: DType) -> Vec<f32> {
         let k = RngKey::new(seed, "noise");
         (0..n as u64)
             .map(|i| {
@@ -1454,80 +1144,6 @@ mod tests {
     }
 
     #[test]
-    fn priority_order_is_the_sorted_order() {
-        for (c, seed) in [(0usize, 1u64), (1, 2), (2, 3), (7, 4), (2048, 5), (3001, 6)] {
-            for math in [DType::BF16, DType::F32] {
-                let v = noise(c, seed, math);
-                let keys: Vec<u32> = v.iter().map(|x| magnitude_key(*x)).collect();
-                let (mut order, mut tmp) = (Vec::new(), Vec::new());
-                priority_order(&keys, &mut order, &mut tmp);
-                let order: Vec<u32> = order.iter().map(|p| *p as u32).collect();
-                let mut want: Vec<u64> = (0..c)
-                    .map(|j| (keys[j] as u64) << 32 | (u32::MAX - j as u32) as u64)
-                    .collect();
-                want.sort_unstable();
-                let want: Vec<u32> = want.iter().map(|p| u32::MAX - *p as u32).collect();
-                assert_eq!(order, want, "c={c} {math:?}");
-            }
-        }
-        // all equal: descending positions
-        let (mut order, mut tmp) = (Vec::new(), Vec::new());
-        priority_order(&[7; 5], &mut order, &mut tmp);
-        let order: Vec<u32> = order.iter().map(|p| *p as u32).collect();
-        assert_eq!(order, vec![4, 3, 2, 1, 0]);
-    }
-
-    /// DELLA's mask as first written: a comparison sort per row and a float draw per element.
-    fn della_reference(
-        v: &[f32],
-        rows: usize,
-        c: usize,
-        inner: usize,
-        probs: &[f32],
-        key: RngKey,
-        offset: usize,
-    ) -> Vec<bool> {
-        let mut flags = vec![false; v.len()];
-        for r in 0..rows {
-            for col in 0..inner {
-                let at = |j: usize| r * c * inner + j * inner + col;
-                let mut order: Vec<u64> = (0..c)
-                    .map(|j| (magnitude_key(v[at(j)]) as u64) << 32 | (u32::MAX - j as u32) as u64)
-                    .collect();
-                order.sort_unstable();
-                for (r0, p) in order.iter().enumerate() {
-                    let i = at((u32::MAX - *p as u32) as usize);
-                    flags[i] = key.uniform(1, (offset + i) as u64) < probs[r0];
-                }
-            }
-        }
-        flags
-    }
-
-    #[test]
-    fn della_matches_the_reference() {
-        let key = RngKey::new(11, "d");
-        for (shape, work) in [
-            (vec![40usize, 300], DType::BF16),
-            (vec![6, 50, 7], DType::F32),
-            (vec![5000], DType::F32),
-            (vec![3, 33], DType::BF16),
-        ] {
-            let n: usize = shape.iter().product();
-            let v = noise(n, 8, work);
-            let (rows, c, inner) = if shape.len() < 2 {
-                (1, n, 1)
-            } else {
-                (shape[0], shape[1], shape[2..].iter().product())
-            };
-            let probs = della_probabilities(c, 0.4, 0.2, work);
-            let want = della_reference(&v, rows, c, inner, &probs, key, 17);
-            let m = della_magprune(&v[..], &shape, 0.4, 0.2, work, key, 1, 17).unwrap();
-            assert_eq!(m.to_vec(&v[..]), want, "{shape:?}");
-        }
-    }
-
-    #[test]
     fn l1_chunk_is_the_sequential_sum() {
         let sequential = |v: &[f32]| v.iter().fold(0.0f64, |s, x| s + x.abs() as f64);
         let mut cases: Vec<Vec<f32>> = vec![
@@ -1573,38 +1189,43 @@ mod tests {
         }
     }
 
-    /// Rough timing of the mask passes on bench-like bf16 task vectors (run with `--ignored
-    /// --nocapture` in an optimised build): the best of five runs.
-    #[test]
-    #[ignore]
-    fn mask_timing() {
-        let (rows, c) = (4096, 2048);
-        let n = rows * c;
+    /// Bench-like bf16 task vectors: `rows × c` fine-tune deltas of a few ulps.
+    pub(crate) fn bench_delta(rows: usize, c: usize) -> Vec<f32> {
         let bf = |x: f32| DType::BF16.round(x);
         let k = RngKey::new(1, "base");
-        let delta: Vec<f32> = (0..n as u64)
+        (0..(rows * c) as u64)
             .map(|i| {
                 let b = k.bits(0, i);
                 let base = bf(((b >> 40) as f32 / 16_777_216.0 - 0.5) * 0.07);
                 let g = ((b & 0xffff) as f32 / 65536.0 - 0.5) * 0.0035;
                 bf(bf(base + g) - base)
             })
-            .collect();
-        let best = |f: &dyn Fn()| {
-            (0..5)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    f();
-                    t.elapsed().as_secs_f64()
-                })
-                .fold(f64::MAX, f64::min)
-        };
+            .collect()
+    }
+
+    /// The best of five timings of `f`, in seconds.
+    pub(crate) fn best(f: &dyn Fn()) -> f64 {
+        (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+    }
+
+    /// Rough timing of the mask passes on bench-like bf16 task vectors (run with `--ignored
+    /// --nocapture` in an optimised build): the best of five runs. DELLA's is in
+    /// `della_mask`.
+    #[test]
+    #[ignore]
+    fn mask_timing() {
+        let (rows, c) = (4096, 2048);
+        let n = rows * c;
+        let delta = bench_delta(rows, c);
         let key = RngKey::new(2, "t");
         let d = &delta[..];
         let w = DType::BF16;
-        let della = best(&|| {
-            della_magprune(d, &[rows, c], 0.5, 0.15, w, key, 1, 0).unwrap();
-        });
         let top = best(&|| {
             magnitude(d, 0.5);
         });
@@ -1616,8 +1237,7 @@ mod tests {
             l1_rescale(d, &mask, w);
         });
         eprintln!(
-            "per element: della {:.2} ns, top-k {:.2} ns, dare {:.2} ns, l1 {:.2} ns",
-            della / n as f64 * 1e9,
+            "per element: top-k {:.2} ns, dare {:.2} ns, l1 {:.2} ns",
             top / n as f64 * 1e9,
             dare / n as f64 * 1e9,
             l1 / n as f64 * 1e9

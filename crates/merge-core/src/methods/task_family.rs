@@ -28,6 +28,7 @@
 //! `int8_mask` only changes mergekit's intermediate mask dtype and is accepted and ignored.
 
 use super::consensus::{self, Consensus};
+use super::della_mask::{self, DellaDraw};
 use super::rng::RngKey;
 use super::round::{Round, with_round};
 use super::sparsify::{self, CHUNK, Delta, Mask, Values, round_scalar};
@@ -135,6 +136,8 @@ fn prepare<R: Round, V: Values>(
         let w = round_scalar(m, param(inp, "weight")?);
         let density = inp.params.get_or("density", 1.0);
         let delta = delta(idx);
+        // the L1 norms, when the sparsifier gathered them on its pass over the inputs
+        let mut norms = None;
         let (mask, work) = match f.sparsification {
             Sparsification::None => (Mask::All, m),
             Sparsification::Magnitude => (sparsify::magnitude(&delta, density), m),
@@ -151,23 +154,29 @@ fn prepare<R: Round, V: Values>(
             }
             Sparsification::DellaMagprune => {
                 let work = sparsify::random_work_dtype(m);
-                let eps = inp.params.get_or("epsilon", 0.15);
-                let shape: &[usize] = if ctx.shape.iter().product::<usize>() == n {
-                    ctx.shape
-                } else {
-                    &[]
+                let draw = DellaDraw {
+                    shape: if ctx.shape.iter().product::<usize>() == n {
+                        ctx.shape
+                    } else {
+                        &[]
+                    },
+                    density,
+                    epsilon: inp.params.get_or("epsilon", 0.15),
+                    work,
+                    key: rng,
+                    model: idx as u32,
+                    offset: ctx.offset,
                 };
-                let mask = sparsify::della_magprune(
-                    &delta, shape, density, eps, work, rng, idx as u32, ctx.offset,
-                )
-                .map_err(|e| format!("{e} (model {})", inp.model))?;
+                let (mask, parts) = della_mask::della_magprune_l1(&delta, &draw, rescale)
+                    .map_err(|e| format!("{e} (model {})", inp.model))?;
+                norms = parts;
                 (mask, work)
             }
         };
-        let factor = if rescale {
-            sparsify::l1_rescale(&delta, &mask, work)
-        } else {
-            None
+        let factor = match (rescale, norms) {
+            (false, _) => None,
+            (true, Some(parts)) => sparsify::l1_combine(&parts, work),
+            (true, None) => sparsify::l1_rescale(&delta, &mask, work),
         };
         prepared.push(Prepared {
             input: idx,
