@@ -124,7 +124,9 @@ pub(crate) struct RecipeFlags {
     /// Read the recipe as mergekit does: unknown keys and parameters are ignored with a
     /// warning (e.g. `tokenzer_source: union`, `nomalize: true`), a key given twice keeps its
     /// last value, and `tokenizer_source: model:PATH` means PATH. Without it each is an error.
-    /// Example: smelt run --lenient old-recipe.yml out/
+    ///
+    /// Example: `smelt run --lenient old-recipe.yml out/` runs a recipe that ran under
+    /// mergekit unchanged and gives mergekit's result.
     #[arg(long)]
     lenient: bool,
 }
