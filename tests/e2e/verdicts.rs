@@ -234,3 +234,17 @@ fn lenient_run_plan_and_batch_give_mergekits_result() {
     assert_ok(&batch(&["--lenient"]));
     assert_eq!(weights(&int.join("bad")), reference);
 }
+
+#[test]
+fn check_reports_every_planning_problem_at_once() {
+    check_fails(
+        "merge_method: ties\nmodels:\n  - model: org/a\n    parameters: {weight: 0.5, density: 0.5}\n  - model: org/a\n    parameters: {weight: 0.5, density: 0.5}\n  - model: org/b\n    parameters: {density: 0.5}\n",
+        &[
+            "3 problems",
+            "model `org/a` is listed twice",
+            "merge method `ties` needs a `base_model`",
+            "missing required parameter `weight` for model `org/b`",
+            "recipe.yml:7:",
+        ],
+    );
+}

@@ -263,6 +263,17 @@ impl Recipe {
             .or_else(|| self.referenced_models().into_iter().next())
     }
 
+    /// One error listing every problem of `errors` (errors about this recipe, found by checks
+    /// that run independently), each with its lines of the recipe.
+    pub fn problems_error(&self, errors: Vec<Error>) -> Error {
+        let problems: Vec<Problem> = errors.into_iter().flat_map(problem::from_error).collect();
+        Error::RecipeProblems {
+            path: self.path.clone(),
+            report: problem::render(&self.path, &self.text, &problems),
+            problems,
+        }
+    }
+
     /// Builds an error about this recipe at `pos`.
     pub fn error(&self, pos: Pos, msg: impl fmt::Display) -> Error {
         let message = if pos.line == 0 {

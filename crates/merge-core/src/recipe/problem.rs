@@ -174,6 +174,31 @@ impl Problem {
     }
 }
 
+/// The problems an error about a recipe holds: its own list, or one problem whose position is
+/// read back from the `line L column C: ` that [`super::Recipe::error`] puts first.
+pub(super) fn from_error(e: crate::error::Error) -> Vec<Problem> {
+    use crate::error::Error;
+    let message = match e {
+        Error::RecipeProblems { problems, .. } => return problems,
+        Error::Recipe { message, .. } => message,
+        other => other.to_string(),
+    };
+    let parsed = message.strip_prefix("line ").and_then(|rest| {
+        let (line, rest) = rest.split_once(" column ")?;
+        let (column, msg) = rest.split_once(": ")?;
+        let pos = Pos {
+            line: line.parse().ok()?,
+            column: column.parse().ok()?,
+        };
+        Some((pos, msg.to_string()))
+    });
+    let (pos, message) = parsed.unwrap_or((Pos::default(), message));
+    vec![Problem {
+        pos,
+        kind: ProblemKind::Invalid(message),
+    }]
+}
+
 /// The closest of `candidates` to `word`, if close enough to be a likely misspelling.
 pub(super) fn closest<'a>(
     word: &str,
@@ -249,6 +274,23 @@ mod tests {
         assert_eq!(c("wieght").as_deref(), Some("weight"));
         assert_eq!(c("int8_mask"), None);
         assert_eq!(c("x"), None);
+    }
+
+    #[test]
+    fn errors_become_problems_with_their_positions() {
+        let e = crate::error::Error::Recipe {
+            path: "r.yml".into(),
+            message: "line 3 column 5: model `a` is listed twice".into(),
+        };
+        assert_eq!(
+            from_error(e),
+            [Problem {
+                pos: Pos { line: 3, column: 5 },
+                kind: ProblemKind::Invalid("model `a` is listed twice".into()),
+            }]
+        );
+        let e = crate::error::Error::Plan("no position".into());
+        assert_eq!(from_error(e)[0].pos, Pos::default());
     }
 
     #[test]
