@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use merge_core::batch::{self, Batch, BatchOptions, Event, Stage, StageResult, Status};
 use merge_core::merge::MergeOptions;
-use merge_core::recipe::Recipe;
+use merge_core::recipe::{ParseOptions, Recipe};
 
 use crate::progress::human;
 
@@ -38,6 +38,8 @@ pub struct BatchArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     jobs: usize,
     #[command(flatten)]
+    recipe_flags: crate::RecipeFlags,
+    #[command(flatten)]
     plan: crate::PlanFlags,
     /// Worker threads in total (default: SMELT_THREADS, else all cores).
     #[arg(long, short = 'j')]
@@ -61,7 +63,7 @@ pub struct BatchArgs {
 
 /// Reads the one recipe of `path` (`smelt run`, `smelt plan`); a file of several documents
 /// is an error pointing at `smelt batch`.
-pub fn load_single(path: &Path) -> Result<Recipe> {
+pub fn load_single(path: &Path, opts: &ParseOptions) -> Result<Recipe> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let n = batch::split_documents(&text).len();
@@ -72,17 +74,20 @@ pub fn load_single(path: &Path) -> Result<Recipe> {
             path.display()
         );
     }
-    Ok(Recipe::load(path)?)
+    Ok(Recipe::load_with(path, opts)?)
 }
 
 /// The recipes of a file for `smelt check`, each with a label: the file, or for a file of
 /// several documents every document with its stage name.
-pub fn recipes_in(path: &Path) -> Result<Vec<(String, Recipe)>> {
+pub fn recipes_in(path: &Path, opts: &ParseOptions) -> Result<Vec<(String, Recipe)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let docs = batch::parse_documents(path, &text)?;
+    let docs = batch::parse_documents(path, &text, opts)?;
     if docs.len() <= 1 {
-        return Ok(vec![(path.display().to_string(), Recipe::load(path)?)]);
+        return Ok(vec![(
+            path.display().to_string(),
+            Recipe::load_with(path, opts)?,
+        )]);
     }
     Ok(docs
         .into_iter()
@@ -252,6 +257,7 @@ pub fn run(a: &BatchArgs) -> Result<ExitCode> {
             write_card: !a.no_write_model_card,
             ..MergeOptions::default()
         },
+        parse: a.recipe_flags.options(),
     };
     let b = Batch::load(&a.files, &opts)?;
     for s in &b.stages {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use merge_core::merge::{self, MergeOptions};
 use merge_core::plan::{self, PlanOptions};
-use merge_core::recipe::Recipe;
+use merge_core::recipe::{ParseOptions, Recipe};
 
 /// smelt: merge large language models from mergekit recipes, fast and lean.
 #[derive(Parser, Debug)]
@@ -118,12 +118,35 @@ struct PlanFlags {
     random_seed: u64,
 }
 
+/// How recipes are read (`run`, `plan`, `check`, `batch`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RecipeFlags {
+    /// Read the recipe as mergekit does: unknown keys and parameters are ignored with a
+    /// warning (e.g. `tokenzer_source: union`, `nomalize: true`), a key given twice keeps its
+    /// last value, and `tokenizer_source: model:PATH` means PATH. Without it each is an error.
+    ///
+    /// Example: `smelt run --lenient old-recipe.yml out/` runs a recipe that ran under
+    /// mergekit unchanged and gives mergekit's result.
+    #[arg(long)]
+    lenient: bool,
+}
+
+impl RecipeFlags {
+    pub(crate) fn options(&self) -> ParseOptions {
+        ParseOptions {
+            lenient: self.lenient,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 struct RunArgs {
     /// The recipe (mergekit YAML).
     recipe: PathBuf,
     /// The output folder (created; must not exist or be empty unless --force).
     out: PathBuf,
+    #[command(flatten)]
+    recipe_flags: RecipeFlags,
     #[command(flatten)]
     plan: PlanFlags,
     /// Worker threads (default: SMELT_THREADS, else all cores).
@@ -181,6 +204,8 @@ struct PlanArgs {
     /// The recipe.
     recipe: PathBuf,
     #[command(flatten)]
+    recipe_flags: RecipeFlags,
+    #[command(flatten)]
     plan: PlanFlags,
     /// Print every tensor (default: a summary and the first tensors of each kind).
     #[arg(long)]
@@ -192,6 +217,8 @@ struct CheckArgs {
     /// The recipe(s).
     #[arg(required = true)]
     recipes: Vec<PathBuf>,
+    #[command(flatten)]
+    recipe_flags: RecipeFlags,
 }
 
 #[derive(Args, Debug)]
@@ -332,8 +359,8 @@ fn warn(msgs: &[String]) {
     }
 }
 
-fn load(path: &Path) -> Result<Recipe> {
-    batch::load_single(path)
+fn load(path: &Path, flags: &RecipeFlags) -> Result<Recipe> {
+    batch::load_single(path, &flags.options())
 }
 
 fn plan_options(f: &PlanFlags) -> PlanOptions {
@@ -358,7 +385,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             }
-            let recipe = load(&a.recipe)?;
+            let recipe = load(&a.recipe, &a.recipe_flags)?;
             let opts = MergeOptions {
                 plan: plan_options(&a.plan),
                 threads: crate::threads(a.threads)?,
@@ -406,7 +433,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan(a) => {
-            let recipe = load(&a.recipe)?;
+            let recipe = load(&a.recipe, &a.recipe_flags)?;
             let p = merge::plan(&recipe, &plan_options(&a.plan))?;
             warn(&p.warnings);
             inspect::print_plan(&p, a.all);
@@ -414,10 +441,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check(a) => {
             let mut bad = 0;
-            let each = a.recipes.iter().flat_map(|p| match batch::recipes_in(p) {
-                Ok(v) => v.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            });
+            let parse = a.recipe_flags.options();
+            let each = a
+                .recipes
+                .iter()
+                .flat_map(|p| match batch::recipes_in(p, &parse) {
+                    Ok(v) => v.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                });
             for item in each {
                 match item.and_then(|(label, r)| Ok((plan::check_recipe(&r)?, r, label))) {
                     Ok((warnings, r, label)) => {

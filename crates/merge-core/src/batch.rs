@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::exec::Progress;
 use crate::lock::{self, HashCache, Lock};
 use crate::merge::{self, MergeOptions};
-use crate::recipe::{ModelRef, Recipe};
+use crate::recipe::{ModelRef, ParseOptions, Recipe};
 
 /// Why a batch cannot be built (before any stage runs).
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +126,8 @@ pub struct BatchOptions {
     /// Options of every stage's merge; `threads` and `memory_budget` are the totals split
     /// between jobs. `force`, `lock_path`, `locked` and `gguf` are ignored.
     pub merge: MergeOptions,
+    /// How the recipes are read (strict or lenient).
+    pub parse: ParseOptions,
 }
 
 /// One stage of a batch.
@@ -290,16 +292,20 @@ pub fn split_documents(text: &str) -> Vec<Document> {
     docs
 }
 
-/// Parses every document of a batch file into a recipe (the text each recipe keeps is its
-/// own document; line numbers in errors count from the top of the file). Stage names are not
-/// resolved here.
-pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<(Document, Recipe)>, Error> {
+/// Parses every document of a batch file into a recipe as `opts` say (the text each recipe
+/// keeps is its own document; line numbers in errors count from the top of the file). Stage
+/// names are not resolved here.
+pub fn parse_documents(
+    path: &Path,
+    text: &str,
+    opts: &ParseOptions,
+) -> Result<Vec<(Document, Recipe)>, Error> {
     split_documents(text)
         .into_iter()
         .map(|doc| {
             // blank lines before the document keep the parser's line numbers absolute
             let padded = "\n".repeat(doc.line - 1) + &doc.text;
-            let mut recipe = Recipe::parse(&padded, path, &file_dir(path))?;
+            let mut recipe = Recipe::parse_with(&padded, path, &file_dir(path), opts)?;
             recipe.text = doc.text.clone();
             Ok((doc, recipe))
         })
@@ -364,7 +370,10 @@ impl Batch {
                 return Err(BatchError::Empty { path: path.clone() });
             }
             let single = docs.len() == 1;
-            for (k, (doc, recipe)) in parse_documents(path, text)?.into_iter().enumerate() {
+            for (k, (doc, recipe)) in parse_documents(path, text, &opts.parse)?
+                .into_iter()
+                .enumerate()
+            {
                 let at = format!("{} document {} (line {})", path.display(), k + 1, doc.line);
                 let name = match recipe.name.clone() {
                     Some(n) => Some(n),
@@ -855,6 +864,7 @@ mod tests {
             force: false,
             jobs: 1,
             merge: MergeOptions::default(),
+            parse: ParseOptions::default(),
         }
     }
 

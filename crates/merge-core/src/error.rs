@@ -40,6 +40,16 @@ pub enum Error {
         /// What is wrong, with line and column where known.
         message: String,
     },
+    /// A recipe with problems: every one found in the file, in file order.
+    #[error("{report}")]
+    RecipeProblems {
+        /// The recipe file.
+        path: PathBuf,
+        /// The problems.
+        problems: Vec<crate::recipe::Problem>,
+        /// Every problem's message with the lines of the file it concerns.
+        report: String,
+    },
     /// A tensor that the plan needs is absent from a model.
     #[error("tensor `{tensor}` is missing from model `{model}`{hint}")]
     MissingTensor {

@@ -957,14 +957,27 @@ fn check_slice(
 
 /// Lints a recipe without opening any model: the method exists, every parameter is known to
 /// it with a usable value, required parameters are set for every model, a base is given
-/// where the method needs one, and no unsupported option is used. Returns the warnings.
+/// where the method needs one, and no unsupported option is used. Returns the warnings; the
+/// independent checks all run, and their errors are reported together.
 pub fn check_recipe(recipe: &Recipe) -> Result<Vec<String>> {
     let method = lookup_method(recipe)?;
-    check_structure(recipe, method)?;
     let mut warnings = recipe.warnings.clone();
-    warnings.extend(check_params(recipe, method)?);
-    crate::vocab::VocabOptions::from_recipe(recipe)?.check_models(recipe)?;
-    let info = method.info();
+    let mut errors = Vec::new();
+    let mut keep = |r: Result<()>| errors.extend(r.err());
+    keep(check_structure(recipe, method));
+    keep(check_params(recipe, method).map(|w| warnings.extend(w)));
+    keep(crate::vocab::VocabOptions::from_recipe(recipe).and_then(|v| v.check_models(recipe)));
+    keep(check_base_given(recipe, method.info()));
+    keep(check_required_params(recipe, method.info()));
+    match errors.len() {
+        0 => Ok(warnings),
+        1 => Err(errors.remove(0)),
+        _ => Err(recipe.problems_error(errors)),
+    }
+}
+
+/// A method that needs a base has one (globally, or in every slice).
+fn check_base_given(recipe: &Recipe, info: &methods::MethodInfo) -> Result<()> {
     if info.base == BaseUse::Required
         && recipe.base_model.is_none()
         && (recipe.slices.is_empty() || recipe.slices.iter().any(|s| s.base_model.is_none()))
@@ -974,6 +987,11 @@ pub fn check_recipe(recipe: &Recipe) -> Result<Vec<String>> {
             format!("merge method `{}` needs a `base_model`", info.name),
         ));
     }
+    Ok(())
+}
+
+/// Every required parameter is set for every model (at some level).
+fn check_required_params(recipe: &Recipe, info: &methods::MethodInfo) -> Result<()> {
     for spec in info.params.iter().filter(|p| p.required) {
         let global = recipe.parameters.contains_key(spec.name);
         let check = |model: &ModelRef,
@@ -1018,7 +1036,7 @@ pub fn check_recipe(recipe: &Recipe) -> Result<Vec<String>> {
             }
         }
     }
-    Ok(warnings)
+    Ok(())
 }
 
 fn lookup_method(recipe: &Recipe) -> Result<&'static dyn MergeMethod> {
@@ -1167,5 +1185,22 @@ mod tests {
         assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
         assert_eq!(parse_size("123").unwrap(), 123);
         assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn check_recipe_reports_every_independent_problem() {
+        let text = "merge_method: ties\nmodels:\n  - model: a\n    parameters: {weight: 1}\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n";
+        let r = Recipe::parse(text, Path::new("r.yml"), Path::new(".")).unwrap();
+        let Err(Error::RecipeProblems {
+            problems, report, ..
+        }) = check_recipe(&r)
+        else {
+            panic!("expected RecipeProblems");
+        };
+        let lines: Vec<u64> = problems.iter().map(|p| p.pos.line).collect();
+        // listed twice (line 5), no base (line 1), no weight for b (line 7)
+        assert_eq!(lines, [5, 1, 7], "{report}");
+        assert!(report.starts_with("r.yml: 3 problems"), "{report}");
+        assert!(report.contains("r.yml:7:"), "{report}");
     }
 }

@@ -1,12 +1,18 @@
-//! The recipe model: mergekit's YAML schema, parsed strictly.
+//! The recipe model: mergekit's YAML schema, parsed strictly by default.
 //!
-//! `raw` mirrors the YAML with serde (unknown keys are errors with line, column and the keys
-//! allowed there; keys that mergekit accepts and ignores give warnings). This module turns the
-//! raw form into a validated [`Recipe`]: model references parsed, parameter settings typed
-//! ([`Setting`]), dtypes checked. No defaults are applied here and no checkpoint is opened;
-//! [`params`] evaluates settings for a tensor (precedence, gradients, filters).
+//! `keys` checks every key of the YAML against the schema (unknown and repeated keys, with
+//! positions); `raw` mirrors the YAML with serde and turns it into a validated [`Recipe`]:
+//! model references parsed, parameter settings typed ([`Setting`]), parameters checked against
+//! the merge method, dtypes checked. Every problem of a file is collected ([`Problem`]) and
+//! reported at once. What mergekit silently tolerates (unknown keys and parameters, repeated
+//! keys, `tokenizer_source: model:PATH`) is an error unless [`ParseOptions::lenient`] is set,
+//! which turns it into warnings and reads the recipe as mergekit does. No defaults are applied
+//! here and no checkpoint is opened; [`params`] evaluates settings for a tensor (precedence,
+//! gradients, filters).
 
+mod keys;
 pub mod params;
+mod problem;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -17,6 +23,16 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 pub use params::Setting;
+pub use problem::{Problem, ProblemKind};
+
+/// How a recipe is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParseOptions {
+    /// Read the recipe as mergekit does: unknown keys and parameters are ignored, a repeated
+    /// key keeps its last value, `tokenizer_source: model:PATH` means `PATH`; each gives a
+    /// warning. Off (strict), each is an error.
+    pub lenient: bool,
+}
 
 /// A position in the recipe text (1-based), for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -177,8 +193,13 @@ pub struct Recipe {
 }
 
 impl Recipe {
-    /// Reads and validates the recipe at `path`.
+    /// Reads and validates the recipe at `path`, strictly.
     pub fn load(path: &Path) -> Result<Recipe> {
+        Recipe::load_with(path, &ParseOptions::default())
+    }
+
+    /// Reads and validates the recipe at `path` as `opts` say.
+    pub fn load_with(path: &Path, opts: &ParseOptions) -> Result<Recipe> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let dir = path
             .parent()
@@ -191,13 +212,19 @@ impl Recipe {
             })
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        Recipe::parse(&text, path, &dir)
+        Recipe::parse_with(&text, path, &dir, opts)
     }
 
-    /// Parses and validates recipe `text`; `path` is used in messages, `dir` to resolve
-    /// relative model paths.
+    /// Parses and validates recipe `text`, strictly; `path` is used in messages, `dir` to
+    /// resolve relative model paths.
     pub fn parse(text: &str, path: &Path, dir: &Path) -> Result<Recipe> {
-        raw::parse(text, path, dir)
+        Recipe::parse_with(text, path, dir, &ParseOptions::default())
+    }
+
+    /// Parses and validates recipe `text` as `opts` say. Every problem found is in the
+    /// returned [`Error::RecipeProblems`].
+    pub fn parse_with(text: &str, path: &Path, dir: &Path, opts: &ParseOptions) -> Result<Recipe> {
+        raw::parse(text, path, dir, opts)
     }
 
     /// Every model the recipe references, in YAML order (models/slices, then base models),
@@ -234,6 +261,17 @@ impl Recipe {
         self.base_model
             .clone()
             .or_else(|| self.referenced_models().into_iter().next())
+    }
+
+    /// One error listing every problem of `errors` (errors about this recipe, found by checks
+    /// that run independently), each with its lines of the recipe.
+    pub fn problems_error(&self, errors: Vec<Error>) -> Error {
+        let problems: Vec<Problem> = errors.into_iter().flat_map(problem::from_error).collect();
+        Error::RecipeProblems {
+            path: self.path.clone(),
+            report: problem::render(&self.path, &self.text, &problems),
+            problems,
+        }
     }
 
     /// Builds an error about this recipe at `pos`.

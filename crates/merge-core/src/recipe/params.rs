@@ -1,5 +1,8 @@
 //! Parameter settings and their evaluation for one tensor: scalars, gradients interpolated
-//! over a slice's layers, and `{filter, value}` conditional lists (mergekit §1.4–1.7).
+//! over a slice's layers, and `{filter, value}` conditional lists (mergekit §1.4–1.7), read
+//! from the recipe's YAML values with pydantic's coercions.
+
+use serde_json::Value as Json;
 
 /// A scalar or a gradient (list of numbers interpolated over the layers of a slice).
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +86,78 @@ pub fn layer_t(k: usize, len: usize) -> f64 {
         k as f64 / (len - 1) as f64
     } else {
         1.0
+    }
+}
+
+fn number(v: &Json) -> std::result::Result<f64, String> {
+    match v {
+        Json::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a number")),
+        Json::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
+        Json::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("expected a number, found the string {s:?}")),
+        Json::Null => Err("expected a number, found null".into()),
+        Json::Array(_) => Err("expected a number, found a list".into()),
+        Json::Object(_) => Err("expected a number, found a mapping".into()),
+    }
+}
+
+fn value(v: &Json) -> std::result::Result<Value, String> {
+    match v {
+        Json::Array(items) => {
+            if items.is_empty() {
+                return Err("a gradient needs at least one number".into());
+            }
+            Ok(Value::Gradient(
+                items
+                    .iter()
+                    .map(number)
+                    .collect::<std::result::Result<_, _>>()?,
+            ))
+        }
+        other => Ok(Value::Scalar(number(other)?)),
+    }
+}
+
+/// Reads a parameter setting as pydantic coerces it (§1.4): numbers, booleans and numeric
+/// strings, gradients, `{filter, value}` lists.
+pub(super) fn setting(v: &Json) -> std::result::Result<Setting, String> {
+    match v {
+        Json::Array(items) if items.iter().any(|i| i.is_object()) => {
+            let mut entries = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let Json::Object(map) = item else {
+                    return Err(format!(
+                        "entry {i} of a conditional list must be a {{filter, value}} mapping"
+                    ));
+                };
+                // other keys were reported by the key check (mergekit ignores them)
+                let filter = match map.get("filter") {
+                    None | Some(Json::Null) => None,
+                    Some(Json::String(s)) => Some(s.clone()),
+                    Some(other) => {
+                        return Err(format!(
+                            "filter of entry {i} must be a string, found {other}"
+                        ));
+                    }
+                };
+                let val = map
+                    .get("value")
+                    .ok_or_else(|| format!("conditional entry {i} has no `value`"))?;
+                entries.push(Conditional {
+                    filter,
+                    value: value(val).map_err(|m| format!("entry {i}: {m}"))?,
+                });
+            }
+            Ok(Setting::Conditional(entries))
+        }
+        Json::Object(_) => Err(
+            "a single {filter, value} mapping is not a valid setting; write it as a list: \
+             `- filter: ...` / `  value: ...`"
+                .into(),
+        ),
+        other => Ok(Setting::Value(value(other)?)),
     }
 }
 

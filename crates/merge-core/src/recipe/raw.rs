@@ -1,21 +1,24 @@
-//! The YAML form of a recipe (serde, strict) and its conversion into [`Recipe`].
+//! The YAML form of a recipe (serde) and its conversion into [`Recipe`], collecting every
+//! problem on the way. Unknown keys are not serde's business here: the key check (`keys`)
+//! reports them with positions, and serde ignores them and keeps the last of repeated keys.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value as Json;
-use serde_saphyr::Spanned;
+use serde_saphyr::{DuplicateKeyPolicy, Spanned};
 
-use super::params::{Conditional, Setting, Value};
-use super::{ModelEntry, ModelRef, ParamMap, Pos, Recipe, Slice, SliceSource};
+use super::keys::{TOKEN, TOKENIZER, token_source_keys};
+use super::params::setting;
+use super::problem::{Problem, ProblemKind, render};
+use super::{ModelEntry, ModelRef, ParamMap, ParseOptions, Pos, Recipe, Slice, SliceSource};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 type RawParams = BTreeMap<String, Spanned<Json>>;
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRecipe {
     merge_method: Option<Spanned<String>>,
     models: Option<Vec<RawModel>>,
@@ -35,14 +38,12 @@ struct RawRecipe {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawModel {
     model: Spanned<RawRef>,
     parameters: Option<RawParams>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSlice {
     sources: Vec<RawSource>,
     base_model: Option<Spanned<RawRef>>,
@@ -51,7 +52,6 @@ struct RawSlice {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSource {
     model: Spanned<RawRef>,
     layer_range: Option<Spanned<Vec<i64>>>,
@@ -66,7 +66,6 @@ enum RawRef {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRefDict {
     model: RawPathRev,
     lora: Option<RawPathRev>,
@@ -90,27 +89,31 @@ fn pos<T>(s: &Spanned<T>) -> Pos {
     }
 }
 
-struct Ctx<'a> {
-    path: &'a Path,
+/// The state of one conversion: the problems and warnings found so far.
+struct Ctx {
+    /// The parameters of the recipe's merge method, when the method is known.
+    params: Option<Vec<&'static str>>,
+    problems: Vec<Problem>,
     warnings: Vec<String>,
 }
 
-impl Ctx<'_> {
-    fn err(&self, p: Pos, msg: impl std::fmt::Display) -> Error {
-        Error::Recipe {
-            path: self.path.to_path_buf(),
-            message: if p.line == 0 {
-                msg.to_string()
-            } else {
-                format!("{p}: {msg}")
-            },
-        }
+impl Ctx {
+    fn bad(&mut self, pos: Pos, msg: impl std::fmt::Display) {
+        self.problems.push(Problem {
+            pos,
+            kind: ProblemKind::Invalid(msg.to_string()),
+        });
     }
 
-    fn model_ref(&self, r: &Spanned<RawRef>) -> Result<ModelRef> {
-        let p = pos(r);
+    fn model_ref(&mut self, r: &Spanned<RawRef>) -> Option<ModelRef> {
         match &r.value {
-            RawRef::Str(s) => ModelRef::parse(s).map_err(|m| self.err(p, m)),
+            RawRef::Str(s) => match ModelRef::parse(s) {
+                Ok(m) => Some(m),
+                Err(m) => {
+                    self.bad(pos(r), m);
+                    None
+                }
+            },
             RawRef::Dict(d) => {
                 let split = |x: &RawPathRev| match x {
                     RawPathRev::Str(s) => match s.split_once('@') {
@@ -120,7 +123,7 @@ impl Ctx<'_> {
                     RawPathRev::Dict { path, revision } => (path.clone(), revision.clone()),
                 };
                 let (path, revision) = split(&d.model);
-                Ok(ModelRef {
+                Some(ModelRef {
                     path,
                     revision,
                     lora: d.lora.as_ref().map(split),
@@ -130,128 +133,222 @@ impl Ctx<'_> {
         }
     }
 
-    fn params(&self, raw: &Option<RawParams>) -> Result<ParamMap> {
+    /// The settings of a parameter map, without the parameters the merge method does not
+    /// read (the key check reported them; mergekit ignores them).
+    fn params(&mut self, raw: &Option<RawParams>) -> ParamMap {
         let mut out = ParamMap::new();
         for (k, v) in raw.iter().flatten() {
             let p = pos(v);
+            if self
+                .params
+                .as_ref()
+                .is_some_and(|known| !known.contains(&k.as_str()))
+            {
+                continue;
+            }
             if v.value.is_null() {
                 continue;
             }
-            let s = setting(&v.value).map_err(|m| self.err(p, format!("parameter `{k}`: {m}")))?;
-            out.insert(k.clone(), (s, p));
-        }
-        Ok(out)
-    }
-}
-
-fn number(v: &Json) -> std::result::Result<f64, String> {
-    match v {
-        Json::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a number")),
-        Json::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
-        Json::String(s) => s
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| format!("expected a number, found the string {s:?}")),
-        Json::Null => Err("expected a number, found null".into()),
-        Json::Array(_) => Err("expected a number, found a list".into()),
-        Json::Object(_) => Err("expected a number, found a mapping".into()),
-    }
-}
-
-fn value(v: &Json) -> std::result::Result<Value, String> {
-    match v {
-        Json::Array(items) => {
-            if items.is_empty() {
-                return Err("a gradient needs at least one number".into());
-            }
-            Ok(Value::Gradient(
-                items
-                    .iter()
-                    .map(number)
-                    .collect::<std::result::Result<_, _>>()?,
-            ))
-        }
-        other => Ok(Value::Scalar(number(other)?)),
-    }
-}
-
-fn setting(v: &Json) -> std::result::Result<Setting, String> {
-    match v {
-        Json::Array(items) if items.iter().any(|i| i.is_object()) => {
-            let mut entries = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                let Json::Object(map) = item else {
-                    return Err(format!(
-                        "entry {i} of a conditional list must be a {{filter, value}} mapping"
-                    ));
-                };
-                for key in map.keys() {
-                    if key != "filter" && key != "value" {
-                        return Err(format!(
-                            "unknown key `{key}` in conditional entry {i}; allowed: filter, value"
-                        ));
-                    }
+            match setting(&v.value) {
+                Ok(s) => {
+                    out.insert(k.clone(), (s, p));
                 }
-                let filter = match map.get("filter") {
-                    None | Some(Json::Null) => None,
-                    Some(Json::String(s)) => Some(s.clone()),
-                    Some(other) => {
-                        return Err(format!(
-                            "filter of entry {i} must be a string, found {other}"
-                        ));
-                    }
-                };
-                let val = map
-                    .get("value")
-                    .ok_or_else(|| format!("conditional entry {i} has no `value`"))?;
-                entries.push(Conditional {
-                    filter,
-                    value: value(val).map_err(|m| format!("entry {i}: {m}"))?,
-                });
+                Err(m) => self.bad(p, format!("parameter `{k}`: {m}")),
             }
-            Ok(Setting::Conditional(entries))
         }
-        Json::Object(_) => Err(
-            "a single {filter, value} mapping is not a valid setting; write it as a list: \
-             `- filter: ...` / `  value: ...`"
-                .into(),
-        ),
-        other => Ok(Setting::Value(value(other)?)),
+        out
     }
-}
 
-fn dtype(ctx: &Ctx, d: &Option<Spanned<String>>, key: &str) -> Result<Option<DType>> {
-    match d {
-        None => Ok(None),
-        Some(s) => DType::from_recipe(&s.value).map(Some).ok_or_else(|| {
-            ctx.err(
+    fn dtype(&mut self, d: &Option<Spanned<String>>, key: &str) -> Option<DType> {
+        let s = d.as_ref()?;
+        let t = DType::from_recipe(&s.value);
+        if t.is_none() {
+            self.bad(
                 pos(s),
                 format!(
                     "`{key}: {}` is not a supported dtype; use one of bfloat16, float16, float32",
                     s.value
                 ),
-            )
+            );
+        }
+        t
+    }
+
+    fn layer_range(&mut self, lr: &Option<Spanned<Vec<i64>>>) -> Option<(i64, i64)> {
+        let lr = lr.as_ref()?;
+        match lr.value.as_slice() {
+            [a, b] if *a < 0 || *b <= *a => self.bad(
+                pos(lr),
+                format!(
+                    "`layer_range` [{a}, {b}] holds no layers: it is [start, end) with 0 <= start < end"
+                ),
+            ),
+            [a, b] => return Some((*a, *b)),
+            _ => self.bad(pos(lr), "`layer_range` must be [start, end]"),
+        }
+        None
+    }
+
+    fn slice(&mut self, s: &RawSlice) -> Option<Slice> {
+        if let Some(r) = &s.residual_weight {
+            self.warnings.push(format!(
+                "{}: `residual_weight` is ignored (as in mergekit)",
+                pos(r)
+            ));
+        }
+        let mut sources = Vec::new();
+        for src in &s.sources {
+            let layer_range = self.layer_range(&src.layer_range);
+            let parameters = self.params(&src.parameters);
+            if let Some(model) = self.model_ref(&src.model) {
+                sources.push(SliceSource {
+                    model,
+                    layer_range,
+                    parameters,
+                    pos: pos(&src.model),
+                });
+            }
+        }
+        if s.sources.is_empty() {
+            self.bad(Pos::default(), "a slice needs at least one source");
+        }
+        let base_model = s.base_model.as_ref().and_then(|b| self.model_ref(b));
+        let first_pos = sources.first().map(|s| s.pos).unwrap_or_default();
+        Some(Slice {
+            sources,
+            base_model,
+            parameters: self.params(&s.parameters),
+            pos: first_pos,
+        })
+    }
+
+    /// `tokenizer_source`, with `model:PATH` (mergekit's old syntax) read as `PATH`.
+    fn tokenizer_source(&mut self, s: &Spanned<Json>) -> (Json, Pos) {
+        if let Json::String(v) = &s.value
+            && let Some(path) = v.strip_prefix("model:")
+        {
+            self.problems.push(Problem {
+                pos: pos(s),
+                kind: ProblemKind::OldTokenizerSyntax {
+                    path: path.to_string(),
+                },
+            });
+            return (Json::String(path.to_string()), pos(s));
+        }
+        (s.value.clone(), pos(s))
+    }
+}
+
+/// Drops the keys of `v` (a mapping) that are not in `allowed`: the key check has reported
+/// them.
+fn prune(v: &mut Json, allowed: &[&str]) {
+    if let Json::Object(map) = v {
+        map.retain(|k, _| allowed.contains(&k.as_str()));
+    }
+}
+
+/// The `tokenizer:` block without the keys the key check reported.
+fn prune_tokenizer(mut v: Json) -> Json {
+    prune(&mut v, TOKENIZER);
+    if let Json::Object(map) = &mut v
+        && let Some(Json::Object(tokens)) = map.get_mut("tokens")
+    {
+        for t in tokens.values_mut() {
+            prune(t, TOKEN);
+            if let Json::Object(t) = t
+                && let Some(src) = t.get_mut("source")
+                && let Some(allowed) = token_source_keys(src.get("kind").and_then(Json::as_str))
+            {
+                prune(src, allowed);
+            }
+        }
+    }
+    v
+}
+
+/// The problem a serde-saphyr error is: position and message, without its own snippet.
+fn yaml_problem(e: &serde_saphyr::Error) -> Problem {
+    let pos = e
+        .location()
+        .map(|l| Pos {
+            line: l.line(),
+            column: l.column(),
+        })
+        .unwrap_or_default();
+    let mut msg = e.without_snippet().to_string();
+    // the position is ours to print
+    if let Some(rest) = msg.strip_prefix("error: ") {
+        msg = rest.to_string();
+    }
+    let prefix = format!("line {} column {}: ", pos.line, pos.column);
+    if let Some(rest) = msg.strip_prefix(&prefix) {
+        msg = rest.to_string();
+    }
+    Problem {
+        pos,
+        kind: ProblemKind::Yaml(msg.trim_end().to_string()),
+    }
+}
+
+pub(super) fn parse(text: &str, path: &Path, dir: &Path, opts: &ParseOptions) -> Result<Recipe> {
+    let options = serde_saphyr::options!(duplicate_keys: DuplicateKeyPolicy::LastWins);
+    let mut ctx = Ctx {
+        params: None,
+        problems: super::keys::check(text),
+        warnings: Vec::new(),
+    };
+    let recipe = match serde_saphyr::from_str_with_options::<RawRecipe>(text, options) {
+        Ok(raw) => convert(&mut ctx, &raw, text, path, dir),
+        Err(e) => {
+            ctx.problems.push(yaml_problem(&e));
+            None
+        }
+    };
+    let Ctx {
+        mut problems,
+        warnings,
+        ..
+    } = ctx;
+    problems.sort_by_key(|p| (p.pos.line, p.pos.column));
+    let mut lenient_warnings = Vec::new();
+    if opts.lenient {
+        problems.retain(|p| {
+            let ok = p.kind.lenient_ok();
+            if ok {
+                lenient_warnings.push(p.warning());
+            }
+            !ok
+        });
+    }
+    match recipe {
+        Some(mut r) if problems.is_empty() => {
+            lenient_warnings.extend(warnings);
+            r.warnings = lenient_warnings;
+            Ok(r)
+        }
+        _ => Err(Error::RecipeProblems {
+            path: path.to_path_buf(),
+            report: render(path, text, &problems),
+            problems,
         }),
     }
 }
 
-pub(super) fn parse(text: &str, path: &Path, dir: &Path) -> Result<Recipe> {
-    let raw: RawRecipe = serde_saphyr::from_str(text).map_err(|e| Error::Recipe {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let mut ctx = Ctx {
-        path,
-        warnings: Vec::new(),
-    };
-    let Some(method) = &raw.merge_method else {
-        return Err(ctx.err(Pos::default(), "missing required key `merge_method`"));
-    };
+/// The recipe `raw` describes; problems go to `ctx` (`None` when it cannot be built).
+fn convert(ctx: &mut Ctx, raw: &RawRecipe, text: &str, path: &Path, dir: &Path) -> Option<Recipe> {
+    let method = raw.merge_method.as_ref();
+    if let Some(m) = method {
+        ctx.params = crate::methods::lookup(&m.value)
+            .map(|m| m.info().params.iter().map(|p| p.name).collect());
+    } else {
+        ctx.bad(Pos::default(), "missing required key `merge_method`");
+    }
+    let method_pos = method.map(pos).unwrap_or_default();
     if let Some(m) = &raw.modules {
-        return Err(ctx.err(
+        ctx.bad(
             pos(m),
             "`modules:` (multi-module architectures) is not supported yet; use `models:` or `slices:`",
-        ));
+        );
     }
     if let Some(e) = &raw.embed_slerp {
         ctx.warnings.push(format!(
@@ -261,119 +358,209 @@ pub(super) fn parse(text: &str, path: &Path, dir: &Path) -> Result<Recipe> {
     }
     let mut models = Vec::new();
     for m in raw.models.iter().flatten() {
-        models.push(ModelEntry {
-            model: ctx.model_ref(&m.model)?,
-            parameters: ctx.params(&m.parameters)?,
-            pos: pos(&m.model),
-        });
-    }
-    let mut slices = Vec::new();
-    for s in raw.slices.iter().flatten() {
-        if let Some(r) = &s.residual_weight {
-            ctx.warnings.push(format!(
-                "{}: `residual_weight` is ignored (as in mergekit)",
-                pos(r)
-            ));
-        }
-        let mut sources = Vec::new();
-        for src in &s.sources {
-            let layer_range = match &src.layer_range {
-                None => None,
-                Some(lr) => match lr.value.as_slice() {
-                    [a, b] if *a < 0 || *b <= *a => {
-                        return Err(ctx.err(
-                            pos(lr),
-                            format!(
-                                "`layer_range` [{a}, {b}] holds no layers: it is [start, end) with 0 <= start < end"
-                            ),
-                        ));
-                    }
-                    [a, b] => Some((*a, *b)),
-                    _ => {
-                        return Err(ctx.err(pos(lr), "`layer_range` must be [start, end]"));
-                    }
-                },
-            };
-            sources.push(SliceSource {
-                model: ctx.model_ref(&src.model)?,
-                layer_range,
-                parameters: ctx.params(&src.parameters)?,
-                pos: pos(&src.model),
+        let parameters = ctx.params(&m.parameters);
+        if let Some(model) = ctx.model_ref(&m.model) {
+            models.push(ModelEntry {
+                model,
+                parameters,
+                pos: pos(&m.model),
             });
         }
-        let first_pos = sources.first().map(|s| s.pos).unwrap_or_default();
-        if sources.is_empty() {
-            return Err(ctx.err(Pos::default(), "a slice needs at least one source"));
-        }
-        slices.push(Slice {
-            sources,
-            base_model: s
-                .base_model
-                .as_ref()
-                .map(|b| ctx.model_ref(b))
-                .transpose()?,
-            parameters: ctx.params(&s.parameters)?,
-            pos: first_pos,
-        });
     }
-    match (models.is_empty(), slices.is_empty()) {
-        (true, true) => {
-            return Err(ctx.err(pos(method), "the recipe needs `models:` or `slices:`"));
-        }
-        (false, false) => {
-            return Err(ctx.err(pos(method), "use either `models:` or `slices:`, not both"));
+    let slices: Vec<Slice> = raw
+        .slices
+        .iter()
+        .flatten()
+        .filter_map(|s| ctx.slice(s))
+        .collect();
+    match (
+        raw.models.iter().flatten().count(),
+        raw.slices.iter().flatten().count(),
+    ) {
+        (0, 0) => ctx.bad(method_pos, "the recipe needs `models:` or `slices:`"),
+        (a, b) if a > 0 && b > 0 => {
+            ctx.bad(method_pos, "use either `models:` or `slices:`, not both")
         }
         _ => {}
     }
-    if let (Some(a), Some(b)) = (&raw.tokenizer_source, &raw.tokenizer) {
-        let _ = a;
-        return Err(ctx.err(
+    if let (Some(_), Some(b)) = (&raw.tokenizer_source, &raw.tokenizer) {
+        ctx.bad(
             pos(b),
             "`tokenizer_source` and `tokenizer` are mutually exclusive",
-        ));
+        );
     }
-    let recipe = Recipe {
+    let base_model = raw.base_model.as_ref().and_then(|b| ctx.model_ref(b));
+    let parameters = ctx.params(&raw.parameters);
+    let (dtype, out_dtype) = (
+        ctx.dtype(&raw.dtype, "dtype"),
+        ctx.dtype(&raw.out_dtype, "out_dtype"),
+    );
+    let tokenizer_source = raw
+        .tokenizer_source
+        .as_ref()
+        .map(|s| ctx.tokenizer_source(s));
+    Some(Recipe {
         path: path.to_path_buf(),
         dir: dir.to_path_buf(),
         text: text.to_string(),
-        merge_method: method.value.clone(),
-        merge_method_pos: pos(method),
+        merge_method: method?.value.clone(),
+        merge_method_pos: method_pos,
         models,
         slices,
-        base_model: raw
-            .base_model
+        base_model,
+        parameters,
+        dtype,
+        out_dtype,
+        tokenizer_source,
+        tokenizer: raw
+            .tokenizer
             .as_ref()
-            .map(|b| ctx.model_ref(b))
-            .transpose()?,
-        parameters: ctx.params(&raw.parameters)?,
-        dtype: dtype(&ctx, &raw.dtype, "dtype")?,
-        out_dtype: dtype(&ctx, &raw.out_dtype, "out_dtype")?,
-        tokenizer_source: raw
-            .tokenizer_source
-            .as_ref()
-            .map(|s| (s.value.clone(), pos(s))),
-        tokenizer: raw.tokenizer.as_ref().map(|s| (s.value.clone(), pos(s))),
+            .map(|s| (prune_tokenizer(s.value.clone()), pos(s))),
         chat_template: raw
             .chat_template
             .as_ref()
             .map(|s| (s.value.clone(), pos(s))),
         name: raw.name.as_ref().map(|s| s.value.clone()),
-        warnings: ctx.warnings,
-    };
-    Ok(recipe)
+        warnings: Vec::new(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::Setting;
+    use super::super::params::Value;
     use super::*;
 
     fn p(text: &str) -> Result<Recipe> {
-        parse(text, Path::new("r.yml"), Path::new("."))
+        parse(
+            text,
+            Path::new("r.yml"),
+            Path::new("."),
+            &ParseOptions::default(),
+        )
+    }
+
+    fn lenient(text: &str) -> Result<Recipe> {
+        let opts = ParseOptions { lenient: true };
+        parse(text, Path::new("r.yml"), Path::new("."), &opts)
+    }
+
+    /// The problems of a recipe that fails.
+    fn problems(r: Result<Recipe>) -> Vec<Problem> {
+        match r {
+            Err(Error::RecipeProblems { problems, .. }) => problems,
+            other => panic!("expected RecipeProblems, got {other:?}"),
+        }
+    }
+
+    const MISSPELT: &str = "merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n    paramters: {weight: 3}\n    parameters: {weight: 1}\n\
+                            tokenzer_source: union\nint8_mask: true\nparameters:\n  nomalize: false\n  t:\n    - pattern: mlp\n      value: 1\n";
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let ps = problems(p(&format!("{MISSPELT}dtype: bf16\n")));
+        let lines: Vec<u64> = ps.iter().map(|p| p.pos.line).collect();
+        assert_eq!(lines, [6, 8, 9, 11, 12, 13, 15], "{ps:?}");
+        assert!(
+            matches!(&ps[2].kind, ProblemKind::UnknownKey { key, suggestion: None, .. } if key == "int8_mask")
+        );
+        assert!(
+            matches!(&ps[3].kind, ProblemKind::UnknownParameter { name, suggestion, .. }
+            if name == "nomalize" && suggestion.as_deref() == Some("normalize"))
+        );
+        // `t` is not a parameter of linear either
+        assert!(matches!(&ps[4].kind, ProblemKind::UnknownParameter { name, .. } if name == "t"));
+        assert!(matches!(&ps[5].kind, ProblemKind::UnknownKey { key, .. } if key == "pattern"));
+        assert!(matches!(&ps[6].kind, ProblemKind::Invalid(m) if m.contains("bf16")));
+        let e = p(MISSPELT).unwrap_err().to_string();
+        assert!(e.starts_with("r.yml: 6 problems"), "{e}");
+        assert!(e.contains("pass --lenient"), "{e}");
+    }
+
+    #[test]
+    fn lenient_ignores_what_mergekit_ignores() {
+        let r = lenient(MISSPELT).unwrap();
+        assert_eq!(r.models.len(), 2);
+        assert_eq!(
+            r.models[1].parameters["weight"].0,
+            Setting::Value(Value::Scalar(1.0))
+        );
+        assert!(r.parameters.is_empty(), "{:?}", r.parameters);
+        assert!(r.tokenizer_source.is_none());
+        assert_eq!(r.warnings.len(), 6, "{:?}", r.warnings);
+        assert!(r.warnings[0].starts_with("line 6 column 5: unknown key `paramters`"));
+        assert!(r.warnings[0].contains("did you mean `parameters`?"));
+        // what mergekit rejects, lenient rejects too
+        let ps = problems(lenient(&format!("{MISSPELT}dtype: bf16\n")));
+        assert_eq!(ps.len(), 1);
+    }
+
+    #[test]
+    fn repeated_keys_keep_the_last_value_when_lenient() {
+        let text = "merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1, weight: 2}\nmerge_method: slerp\n";
+        let ps = problems(p(text));
+        assert!(ps.iter().any(
+            |p| matches!(&p.kind, ProblemKind::DuplicateKey { key, first, again }
+            if key == "weight" && first.line == 4 && again.line == 4 && again.column > first.column)
+        ));
+        assert!(ps.iter().any(
+            |p| matches!(&p.kind, ProblemKind::DuplicateKey { key, first, again }
+            if key == "merge_method" && first.line == 1 && again.line == 5)
+        ));
+        let e = p(text).unwrap_err().to_string();
+        assert!(
+            e.contains("on line 1 and line 5") && !e.contains("DuplicateKeyPolicy"),
+            "{e}"
+        );
+        let r = lenient(text).unwrap();
+        assert_eq!(r.merge_method, "slerp");
+        assert_eq!(r.models[0].parameters.len(), 0); // weight is not a slerp parameter
+        let r = lenient(
+            "merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1, weight: 2}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r.models[0].parameters["weight"].0,
+            Setting::Value(Value::Scalar(2.0))
+        );
+    }
+
+    #[test]
+    fn old_tokenizer_source_syntax() {
+        let text = "merge_method: linear\nmodels:\n  - model: a\ntokenizer_source: model:org/x\n";
+        let ps = problems(p(text));
+        assert!(matches!(&ps[0].kind, ProblemKind::OldTokenizerSyntax { path } if path == "org/x"));
+        let r = lenient(text).unwrap();
+        assert_eq!(r.tokenizer_source.unwrap().0, Json::String("org/x".into()));
+        assert!(
+            r.warnings[0].contains("read as `org/x`"),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn lenient_drops_unknown_tokenizer_keys() {
+        let r = lenient("merge_method: linear\nmodels:\n  - model: a\ntokenizer:\n  source: union\n  pad_to_multple_of: 8\n  tokens:\n    x: {source: a, forced: true}\n    y: {source: {kind: zero, model: a}}\n").unwrap();
+        let t = r.tokenizer.unwrap().0;
+        assert_eq!(
+            t,
+            serde_json::json!({"source": "union", "tokens": {"x": {"source": "a"}, "y": {"source": {"kind": "zero"}}}})
+        );
+        assert_eq!(r.warnings.len(), 3);
+    }
+
+    #[test]
+    fn yaml_errors_name_the_file_not_input() {
+        let e = p("merge_method: [ties\nmodels: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("r.yml:") && !e.contains("<input>"), "{e}");
     }
 
     #[test]
     fn unknown_key_names_key_line_and_allowed_keys() {
-        let e = p("merge_method: ties\nmodels:\n  - model: a\n    paramters:\n      w: 1\n")
+        let e = p("merge_method: ties\nmodels:\n  - model: a\n    paramters:\n      weight: 1\n")
             .unwrap_err()
             .to_string();
         assert!(
@@ -393,7 +580,7 @@ mod tests {
     #[test]
     fn settings_coerce_like_pydantic() {
         let r = p("merge_method: linear\nmodels:\n  - model: a\n    parameters:\n      weight: '0.5'\n\
-                   parameters:\n  normalize: yes\n  t:\n    - filter: mlp\n      value: [0, 1]\n    - value: 0.5\n")
+                   parameters:\n  normalize: yes\n  weight:\n    - filter: mlp\n      value: [0, 1]\n    - value: 0.5\n")
             .unwrap();
         assert_eq!(
             r.models[0].parameters["weight"].0,
@@ -403,8 +590,8 @@ mod tests {
             r.parameters["normalize"].0,
             Setting::Value(Value::Scalar(1.0))
         );
-        assert_eq!(r.parameters["t"].0.eval("x.mlp.y", 0.5), Some(0.5));
-        assert_eq!(r.parameters["t"].0.eval("other", 0.0), Some(0.5));
+        assert_eq!(r.parameters["weight"].0.eval("x.mlp.y", 0.5), Some(0.5));
+        assert_eq!(r.parameters["weight"].0.eval("other", 0.0), Some(0.5));
     }
 
     #[test]
