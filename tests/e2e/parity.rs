@@ -30,6 +30,8 @@ const BIT_EXACT: &[&str] = &[
     "slerp_gradient_bf16",
     "slerp_t",
     "ties",
+    "ties_bf16",
+    "breadcrumbs_ties_bf16",
 ];
 
 /// Whether python3 with numpy is available; CI requires it (SMELT_REQUIRE_PY_REFS=1).

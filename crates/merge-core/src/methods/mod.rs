@@ -44,6 +44,7 @@ pub mod sparsify;
 pub mod task_arithmetic;
 pub mod task_family;
 pub mod ties;
+pub mod torch_sort;
 pub mod vecmath;
 
 /// Fixed chunk length (elements) for deterministic parallel reductions.

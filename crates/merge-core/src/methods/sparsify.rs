@@ -4,8 +4,8 @@
 //!
 //! Nothing here copies a task vector. It is read through [`Values`] (e.g. [`Delta`], which
 //! computes `round(x − base)` on the fly), and a sparsifier returns a [`Mask`]: a compact
-//! description of the kept set (a threshold and the index of the last kept tie for the
-//! magnitude methods, packed bits for DARE, one flag per element for DELLA; or, for kernels
+//! description of the kept set (a threshold for the magnitude methods, or packed bits where
+//! a cut splits equal magnitudes; packed bits for DARE, one flag per element for DELLA; or, for kernels
 //! streaming a tensor too large to hold, the DARE and DELLA draws recomputed on demand) that a
 //! kernel applies to any range of elements ([`Mask::apply_range`]) while it computes its
 //! output: membership never depends on how the tensor is cut into chunks. Whole-tensor work (histograms for the top-k threshold, L1 norms) runs
@@ -14,23 +14,25 @@
 //!
 //! # Order of elements and ties
 //!
-//! Every magnitude-based primitive uses one total order, the *priority*: larger `|δ|` first
-//! (compared as `f32`, NaN above +∞), and among equal magnitudes the **lower element index
-//! first**. Then
-//! * magnitude top-k keeps the first `k` elements of the priority order (so among equal
-//!   magnitudes at the threshold, lower indices are kept);
-//! * magnitude_outliers keeps priority positions `[top, n − bot)` (equivalently mergekit's
-//!   ascending positions `[bot, n − top)`);
-//! * della ranks elements of a row by ascending priority (rank 1 = lowest priority).
+//! mergekit selects by sorting `|δ|` as f32 with PyTorch's unstable CPU sort, which is
+//! libstdc++'s `std::sort` (an introsort) over (value, index) pairs: among equal magnitudes
+//! its order depends on the whole tensor. smelt replays it ([`super::torch_sort`]) whenever
+//! equal magnitudes straddle a cut, which is the rule in bf16 and f16 and rare in f32:
+//! * magnitude top-k keeps the first `k` positions of the descending sort
+//!   (`argsort(descending=True)[:k]`);
+//! * magnitude_outliers keeps the ascending positions `[bot, n − top)`.
 //!
-//! mergekit breaks these ties by an unstable sort, i.e. arbitrarily; smelt's rule makes the
-//! result reproducible.
+//! When no cut splits a run of equal magnitudes the kept set does not depend on the order,
+//! and it is found without sorting. For that (and for della and SCE) every magnitude-based
+//! primitive here uses one total order, the *priority*: larger `|δ|` first (compared as
+//! `f32`, NaN above +∞), and among equal magnitudes the **lower element index first**; della
+//! ranks elements of a row by ascending priority (rank 1 = lowest priority).
 //!
 //! Top-k is a selection, never a sort: a two-pass radix select over the 32-bit patterns of
 //! `|δ|` (high 16 bits, then low 16 bits among the candidates; skipped when every value is a
-//! bf16 pattern) finds the threshold; a third
-//! pass, only when the threshold value is tied and not all ties fit, counts the tied elements
-//! per chunk to find the index of the last tie kept.
+//! bf16 pattern) finds the threshold. When the threshold value is tied and not all ties fit,
+//! the kept set is instead taken from the sort replay, which holds a (key, index) pair per
+//! element and descends like a quickselect (O(n) on average); the mask is then packed bits.
 //!
 //! # Numbers
 //!
@@ -51,11 +53,12 @@
 //!   i.e. `p ≈ density`); mergekit computes `0/0` and `torch.bernoulli` rejects the NaN.
 //! * Random masks use smelt's counter-based generator, not torch's: for `density < 1` DARE and
 //!   DELLA results agree with mergekit statistically, not bit for bit.
-//! * Ties are broken as described above, not arbitrarily.
+//! * della's per-row ranks break ties by the priority order, not by PyTorch's sort order.
 
 use super::REDUCE_CHUNK;
 use super::rng::{RngKey, threshold24};
 use super::round::{Round, round_dyn};
+use super::torch_sort;
 use crate::dtype::DType;
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -182,6 +185,12 @@ impl TopSet {
     #[inline(always)]
     pub fn cursor(&self, _chunk: usize) -> TopCursor {
         *self
+    }
+
+    /// Whether the set keeps some but not all of the elements at its threshold magnitude
+    /// (then which ones depends on the tie order).
+    pub fn splits_ties(&self) -> bool {
+        !self.empty && self.last != usize::MAX
     }
 
     const NOTHING: TopSet = TopSet {
@@ -666,7 +675,12 @@ pub fn magnitude<V: Values + ?Sized>(v: &V, density: f64) -> Mask {
     if k <= 0 {
         return Mask::Nothing;
     }
-    Mask::Top(select_top(v, k as usize))
+    let top = select_top(v, k as usize);
+    if top.splits_ties() {
+        // which of the tied elements are in is PyTorch's sort order, not the index order
+        return sorted_range(v, false, 0, k as usize);
+    }
+    Mask::Top(top)
 }
 
 /// Breadcrumbs: drops the `int(gamma·n)` largest magnitudes (outliers) and then the smallest
@@ -696,14 +710,47 @@ pub fn magnitude_outliers<V: Values + ?Sized>(
         return Ok(Mask::Nothing);
     }
     if top <= 0 {
-        return Ok(Mask::Top(select_top(v, end as usize)));
+        let keep = select_top(v, end as usize);
+        if keep.splits_ties() {
+            return Ok(sorted_range(v, true, bot as usize, n));
+        }
+        return Ok(Mask::Top(keep));
     }
     // both thresholds from one histogram pass
     let sets = select_tops(v, &[end as usize, top as usize]);
+    if sets[0].splits_ties() || sets[1].splits_ties() {
+        // mergekit's ascending positions [bot, n − top)
+        return Ok(sorted_range(v, true, bot as usize, n - top as usize));
+    }
     Ok(Mask::Band {
         keep: sets[0],
         drop: sets[1],
     })
+}
+
+/// The elements at positions `from..to` of PyTorch's (unstable) sort of `|v|`, descending
+/// or ascending (see [`super::torch_sort`]): the exact mask when equal magnitudes straddle a
+/// cut. Holds the whole tensor as (key, index) pairs while it works.
+fn sorted_range<V: Values + ?Sized>(v: &V, ascending: bool, from: usize, to: usize) -> Mask {
+    let n = v.numel();
+    assert!(u32::try_from(n).is_ok(), "tensor of {n} elements");
+    let mut items = vec![0u64; n];
+    items
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each_init(Vec::new, |buf, (c, out)| {
+            let start = load_chunk(v, c, buf);
+            for (l, (o, x)) in out.iter_mut().zip(buf.iter()).enumerate() {
+                *o = torch_sort::item(torch_sort::magnitude_key(*x), (start + l) as u32);
+            }
+        });
+    torch_sort::select(&mut items, &[from, to], !ascending);
+    let mut words = vec![0u64; n.div_ceil(64)];
+    for &it in &items[from..to] {
+        let i = torch_sort::index(it);
+        words[i >> 6] |= 1 << (i & 63);
+    }
+    Mask::Bits(words)
 }
 
 /// The keep probability of DARE: `density` as `torch.full_like(..., dtype=work)` holds it.
@@ -949,9 +996,42 @@ pub(crate) mod tests {
         let flags = m.to_vec(&d[..]);
         assert_eq!(flags.iter().filter(|f| **f).count(), k);
         assert!(flags[n - 1]);
-        // the tied ones kept are exactly indices 0..k-1
-        assert!(flags[..k - 1].iter().all(|f| *f));
-        assert!(flags[k - 1..n - 1].iter().all(|f| !*f));
+        // the tied ones kept are those PyTorch's sort puts first
+        let mut items: Vec<u64> = d
+            .iter()
+            .enumerate()
+            .map(|(i, x)| torch_sort::item(torch_sort::magnitude_key(*x), i as u32))
+            .collect();
+        torch_sort::sort(&mut items, true);
+        let mut want = vec![false; n];
+        for &it in &items[..k] {
+            want[torch_sort::index(it)] = true;
+        }
+        assert_eq!(flags, want);
+    }
+
+    #[test]
+    fn magnitude_ties_in_torch_order() {
+        // mergekit 0.1.5 `magnitude` under torch 2.15 (CPU): 31 equal magnitudes, k = 8
+        let mut d = vec![0.5f32; 32];
+        d[3] = -2.0;
+        let m = magnitude(&d[..], 0.25);
+        assert!(matches!(m, Mask::Bits(_)));
+        assert_eq!(kept(&m, &d), vec![3, 17, 18, 19, 20, 21, 22, 25]);
+    }
+
+    #[test]
+    fn breadcrumbs_ties_in_torch_order() {
+        // mergekit 0.1.5 `magnitude_outliers(x, density=.5, gamma=.1)` under torch 2.15 (CPU)
+        // with x = [1, 2, 3, 4, 1, 2, ...] (40 values): bot = 16, top = 4
+        let x: Vec<f32> = (0..40).map(|i| (i % 4 + 1) as f32).collect();
+        let m = magnitude_outliers(&x[..], 0.5, 0.1).unwrap();
+        assert_eq!(
+            kept(&m, &x),
+            vec![
+                2, 5, 6, 7, 9, 10, 11, 13, 14, 17, 18, 22, 23, 26, 27, 30, 31, 34, 35, 38
+            ]
+        );
     }
 
     #[test]
@@ -1104,25 +1184,58 @@ pub(crate) mod tests {
         }
     }
 
+    /// The kept flags of the positions `from..to` of PyTorch's sort of `|v|`, by the full
+    /// sort replay.
+    fn torch_reference(v: &[f32], descending: bool, from: usize, to: usize) -> Vec<bool> {
+        let mut items: Vec<u64> = v
+            .iter()
+            .enumerate()
+            .map(|(i, x)| torch_sort::item(torch_sort::magnitude_key(*x), i as u32))
+            .collect();
+        torch_sort::sort(&mut items, descending);
+        let mut want = vec![false; v.len()];
+        for &it in &items[from..to] {
+            want[torch_sort::index(it)] = true;
+        }
+        want
+    }
+
     #[test]
     fn band_matches_the_reference() {
         let n = 2 * CHUNK + 999;
-        let v = noise(n, 6, DType::BF16);
-        let m = magnitude_outliers(&v[..], 0.4, 0.05).unwrap();
-        let keep = top_reference(
-            &v,
-            py_int_mul(0.4, n) as usize + py_int_mul(0.05, n) as usize,
-        );
-        let drop = top_reference(&v, py_int_mul(0.05, n) as usize);
-        let want: Vec<bool> = keep.iter().zip(&drop).map(|(k, d)| *k && !*d).collect();
-        assert_eq!(m.to_vec(&v[..]), want);
-        // applied in ranges that cut the tie runs anywhere: the same flags
-        let mut out = v.clone();
-        for (c, part) in out.chunks_mut(777).enumerate() {
-            m.apply_range(c * 777, part);
+        for math in [DType::BF16, DType::F32] {
+            let v = noise(n, 6, math);
+            let m = magnitude_outliers(&v[..], 0.4, 0.05).unwrap();
+            // mergekit's ascending positions [bot, n − top)
+            let top = py_int_mul(0.05, n) as usize;
+            let bot = n - py_int_mul(0.4, n) as usize - top;
+            let want = torch_reference(&v, false, bot, n - top);
+            assert_eq!(m.to_vec(&v[..]), want, "{math:?}");
+            // applied in ranges that cut the tie runs anywhere: the same flags
+            let mut out = v.clone();
+            for (c, part) in out.chunks_mut(777).enumerate() {
+                m.apply_range(c * 777, part);
+            }
+            for (i, (o, x)) in out.iter().zip(&v).enumerate() {
+                assert_eq!(o.to_bits(), select_f32(want[i], *x).to_bits(), "{i}");
+            }
         }
-        for (i, (o, x)) in out.iter().zip(&v).enumerate() {
-            assert_eq!(o.to_bits(), select_f32(want[i], *x).to_bits(), "{i}");
+    }
+
+    #[test]
+    fn magnitude_matches_the_reference() {
+        let n = 2 * CHUNK + 999;
+        for math in [DType::BF16, DType::F16, DType::F32] {
+            let v = noise(n, 7, math);
+            for density in [0.1, 0.5, 0.9] {
+                let k = py_int_mul(density, n) as usize;
+                let m = magnitude(&v[..], density);
+                assert_eq!(
+                    m.to_vec(&v[..]),
+                    torch_reference(&v, true, 0, k),
+                    "{math:?} {density}"
+                );
+            }
         }
     }
 
