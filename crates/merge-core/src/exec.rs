@@ -217,7 +217,10 @@ pub fn tensor_cost_under(plan: &Plan, t: &PlannedTensor, threads: usize, budget:
         let live = (CHUNK * threads) as u64;
         let windows =
             (crate::methods::vecmath::WINDOW * threads) as u64 * 4 * t.sources.len() as u64;
-        live * 4 * (t.sources.len() as u64 + 4) + windows
+        let state = plan
+            .method
+            .streaming_state_bytes(t.numel(), t.sources.len());
+        live * 4 * (t.sources.len() as u64 + 4) + windows + state
     } else {
         tensor_cost(plan, t, threads)
     }

@@ -324,10 +324,22 @@ impl TensorInfo {
     }
 }
 
+/// Bytes of a tensor's data, saturating at `u64::MAX` (a file's reader refuses such tensors
+/// with [`checked_tensor_bytes`]).
 fn tensor_bytes(dims: &[u64], ty: GgmlType) -> u64 {
+    checked_tensor_bytes(dims, ty).unwrap_or(u64::MAX)
+}
+
+/// Bytes of a tensor's data, or `None` when the count overflows.
+fn checked_tensor_bytes(dims: &[u64], ty: GgmlType) -> Option<u64> {
     let ne0 = dims.first().copied().unwrap_or(1);
-    let rest: u64 = dims.iter().skip(1).product();
-    ne0 / ty.block_size() as u64 * ty.type_size() as u64 * rest
+    let rest = dims
+        .iter()
+        .skip(1)
+        .try_fold(1u64, |a, &d| a.checked_mul(d))?;
+    (ne0 / ty.block_size() as u64)
+        .checked_mul(ty.type_size() as u64)?
+        .checked_mul(rest)
 }
 
 fn pad_to(n: u64, align: u64) -> u64 {
@@ -1013,9 +1025,10 @@ impl GgufFile {
                 ty,
                 offset,
             };
-            expected_offset = expected_offset
-                .checked_add(pad_to(info.n_bytes(), alignment))
-                .ok_or_else(|| err_at("tensor data size overflows".to_string()))?;
+            expected_offset = checked_tensor_bytes(&info.dims, info.ty)
+                .and_then(|b| b.checked_next_multiple_of(alignment))
+                .and_then(|b| expected_offset.checked_add(b))
+                .ok_or_else(|| err_at(format!("tensor `{}`: data size overflows", info.name)))?;
             tensors.push(info);
         }
         let data_start = pad_to(r.pos, alignment);
@@ -1479,6 +1492,15 @@ mod tests {
         let mut b = bytes.clone();
         b[pos - 12..pos - 8].copy_from_slice(&5u32.to_le_bytes());
         assert!(e(&b).contains("dimensions"));
+        // element count fits in i64 but the byte count overflows: 2^62 f32 elements
+        let mut b = bytes.clone();
+        b[pos - 8..pos].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        b[pos..pos + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert!(
+            e(&b).contains("tensor `h`: data size overflows"),
+            "{}",
+            e(&b)
+        );
         // missing final padding
         assert!(e(&bytes[..bytes.len() - 1]).contains("truncated"));
     }

@@ -151,7 +151,7 @@ struct Scratch {
     keys: Vec<u32>,
     order: Vec<u64>,
     tmp: Vec<u64>,
-    bins: Vec<u32>,
+    bins: Vec<u16>,
     kept: Vec<f32>,
 }
 
@@ -258,7 +258,11 @@ impl Della {
             ..
         } = s;
         keys.clear();
-        keys.extend((0..self.c).map(|j| magnitude_key(vals[at + j * self.inner])));
+        if self.inner == 1 {
+            keys.extend(vals[at..at + self.c].iter().map(|v| magnitude_key(*v)));
+        } else {
+            keys.extend((0..self.c).map(|j| magnitude_key(vals[at + j * self.inner])));
+        }
         let mut keep = |r0: usize, j: usize| {
             let local = at + j * self.inner;
             flags[local] = draws[local] < self.thresholds[r0];
@@ -290,10 +294,12 @@ struct KeyRange {
 impl KeyRange {
     fn of(keys: &[u32]) -> KeyRange {
         let (mut or, mut and, mut min, mut max) = (0u32, u32::MAX, u32::MAX, 0u32);
-        for &k in keys.iter().filter(|k| **k != 0) {
+        for &k in keys {
+            // zeros leave every fold unchanged (branch-free, so the loop vectorises)
+            let or_max = if k == 0 { u32::MAX } else { k };
             or |= k;
-            and &= k;
-            min = min.min(k);
+            and &= or_max;
+            min = min.min(or_max);
             max = max.max(k);
         }
         if min > max {
@@ -322,9 +328,10 @@ impl KeyRange {
     }
 
     /// Whether a row of `c` keys is ranked faster by counting (one bin per possible key) than
-    /// by sorting: true for bf16 task vectors, whose keys have at most 15 significant bits.
+    /// by sorting, with counts that fit 16 bits: true for bf16 task vectors (keys of at most
+    /// 15 significant bits) in rows of up to 65535 elements.
     fn countable(&self, c: usize) -> bool {
-        (self.span as usize) < (4 * c).max(4096)
+        (self.span as usize) < (4 * c).max(4096) && c <= u16::MAX as usize
     }
 }
 
@@ -336,7 +343,7 @@ impl KeyRange {
 fn counted_ranks(
     keys: &[u32],
     range: KeyRange,
-    bins: &mut Vec<u32>,
+    bins: &mut Vec<u16>,
     mut rank: impl FnMut(usize, usize),
 ) {
     bins.clear();
@@ -344,11 +351,11 @@ fn counted_ranks(
     for &k in keys {
         bins[range.bin(k)] += 1;
     }
-    let mut sum = 0u32;
+    let mut sum = 0u16;
     for b in bins.iter_mut() {
         let count = *b;
         *b = sum;
-        sum += count;
+        sum = sum.wrapping_add(count); // the last bin's sum, c, may not fit
     }
     for (j, &k) in keys.iter().enumerate().rev() {
         let b = &mut bins[range.bin(k)];

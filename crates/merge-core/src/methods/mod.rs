@@ -343,6 +343,14 @@ pub trait MergeMethod: Send + Sync {
         false
     }
 
+    /// Bytes the streaming kernel holds for a whole tensor of `numel` elements merged from
+    /// `inputs` inputs, beyond its chunks in flight (masks, selection buffers): the executor
+    /// counts them against the memory budget.
+    fn streaming_state_bytes(&self, numel: usize, inputs: usize) -> u64 {
+        let _ = (numel, inputs);
+        0
+    }
+
     /// Merges a tensor too large for the memory budget without holding any input whole:
     /// reads chunks from `src` as often as needed (whole-tensor statistics first, in fixed
     /// chunks combined in a fixed order) and writes every output chunk to `out`. `ctx.inputs`

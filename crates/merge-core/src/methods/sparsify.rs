@@ -734,7 +734,7 @@ pub fn magnitude_outliers<V: Values + ?Sized>(
 fn sorted_range<V: Values + ?Sized>(v: &V, ascending: bool, from: usize, to: usize) -> Mask {
     let n = v.numel();
     assert!(u32::try_from(n).is_ok(), "tensor of {n} elements");
-    let mut items = vec![0u64; n];
+    let mut items = take_items(n);
     items
         .par_chunks_mut(CHUNK)
         .enumerate()
@@ -750,7 +750,32 @@ fn sorted_range<V: Values + ?Sized>(v: &V, ascending: bool, from: usize, to: usi
         let i = torch_sort::index(it);
         words[i >> 6] |= 1 << (i & 63);
     }
+    give_items(items);
     Mask::Bits(words)
+}
+
+thread_local! {
+    /// A reused buffer of the sort replay (fresh tensor-sized buffers cost more in page
+    /// faults and zeroing than the replay itself).
+    static ITEMS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers up to this many items are kept for the next tensor (128 MB per thread).
+const KEEP_ITEMS: usize = 16 << 20;
+
+/// A buffer of `n` items (zeros; memory already faulted in when reused).
+fn take_items(n: usize) -> Vec<u64> {
+    let mut v = ITEMS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    v.clear();
+    v.resize(n, 0);
+    v
+}
+
+/// Returns a buffer from [`take_items`] for reuse on this thread, unless it is large.
+fn give_items(v: Vec<u64>) {
+    if v.capacity() <= KEEP_ITEMS {
+        ITEMS.with(|b| *b.borrow_mut() = v);
+    }
 }
 
 /// The keep probability of DARE: `density` as `torch.full_like(..., dtype=work)` holds it.

@@ -121,21 +121,73 @@ fn prepare<R: Round, V: Values>(
     f: &Family,
     ctx: &MergeCtx<'_>,
     n: usize,
-    delta: impl Fn(usize) -> V,
+    delta: impl Fn(usize) -> V + Sync,
 ) -> Result<(Vec<Prepared>, Finish), String> {
-    let m = ctx.math;
     let normalize = ctx.global.flag("normalize", f.default_normalize);
     let rescale = ctx.global.flag("rescale", f.default_rescale);
     let lambda = ctx.global.get_or("lambda", 1.0);
     let rng = RngKey::new(ctx.seed, ctx.tensor);
-    let mut prepared = Vec::new();
-    for (idx, inp) in ctx.inputs.iter().enumerate() {
-        if inp.is_base {
-            continue;
+    let models: Vec<usize> = (0..ctx.inputs.len())
+        .filter(|&i| !ctx.inputs[i].is_base)
+        .collect();
+    let one = |idx: usize| {
+        let job = Job {
+            f,
+            ctx,
+            n,
+            rng,
+            rescale,
+        };
+        job.prepare::<R, V>(idx, delta(idx))
+    };
+    // the models' selections side by side where the sort replay's buffers stay small
+    let results: Vec<Result<Prepared, String>> = if models_in_parallel(f, n) {
+        models.par_iter().map(|&i| one(i)).collect()
+    } else {
+        models.iter().map(|&i| one(i)).collect()
+    };
+    let prepared = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    // scalar divisor of the no-consensus branch
+    let plain_divisor = {
+        let mut s = 0.0f32;
+        for p in &prepared {
+            s += p.w;
         }
+        let d = R::round(s);
+        if d.abs() < R::round(1e-8) { 1.0 } else { d }
+    };
+    let finish = Finish {
+        plain_divisor,
+        lambda_f: (lambda != 1.0).then_some(lambda as f32),
+        consensus: f.consensus,
+        normalize,
+    };
+    Ok((prepared, finish))
+}
+
+/// What one model's sparsification needs of the tensor.
+struct Job<'a, 'c> {
+    f: &'a Family,
+    ctx: &'a MergeCtx<'c>,
+    n: usize,
+    rng: RngKey,
+    rescale: bool,
+}
+
+impl Job<'_, '_> {
+    /// Input `idx`'s weight, mask and rescale factor; `delta` is its task vector.
+    fn prepare<R: Round, V: Values>(&self, idx: usize, delta: V) -> Result<Prepared, String> {
+        let Job {
+            f,
+            ctx,
+            n,
+            rng,
+            rescale,
+        } = *self;
+        let m = ctx.math;
+        let inp = &ctx.inputs[idx];
         let w = round_scalar(m, param(inp, "weight")?);
         let density = inp.params.get_or("density", 1.0);
-        let delta = delta(idx);
         // the L1 norms, when the sparsifier gathered them on its pass over the inputs
         let mut norms = None;
         let (mask, work) = match f.sparsification {
@@ -178,29 +230,45 @@ fn prepare<R: Round, V: Values>(
             (true, Some(parts)) => sparsify::l1_combine(&parts, work),
             (true, None) => sparsify::l1_rescale(&delta, &mask, work),
         };
-        prepared.push(Prepared {
+        Ok(Prepared {
             input: idx,
             w,
             mask,
             factor,
-        });
+        })
     }
-    // scalar divisor of the no-consensus branch
-    let plain_divisor = {
-        let mut s = 0.0f32;
-        for p in &prepared {
-            s += p.w;
+}
+
+/// Tensors up to this many elements have their models' magnitude selections made side by
+/// side (the sort replay holds 8 bytes per element and model while it runs).
+const PARALLEL_SELECTION: usize = 32 << 20;
+
+/// Whether [`prepare`] sparsifies the models in parallel.
+fn models_in_parallel(f: &Family, n: usize) -> bool {
+    matches!(
+        f.sparsification,
+        Sparsification::Magnitude | Sparsification::MagnitudeOutliers
+    ) && n <= PARALLEL_SELECTION
+}
+
+/// Bytes a family member holds for a whole tensor while it streams it: one packed mask per
+/// model, and while a magnitude cut splits equal magnitudes, the sort replay's `(key, index)`
+/// pair per element (for every model at once where [`models_in_parallel`]).
+pub fn state_bytes(f: &Family, numel: usize, inputs: usize) -> u64 {
+    let n = numel as u64;
+    let masks = n.div_ceil(8) * inputs as u64;
+    let selection = match f.sparsification {
+        Sparsification::Magnitude | Sparsification::MagnitudeOutliers => {
+            let at_once = if models_in_parallel(f, numel) {
+                inputs.max(1)
+            } else {
+                1
+            };
+            8 * n * at_once as u64
         }
-        let d = R::round(s);
-        if d.abs() < R::round(1e-8) { 1.0 } else { d }
+        _ => 0,
     };
-    let finish = Finish {
-        plain_divisor,
-        lambda_f: (lambda != 1.0).then_some(lambda as f32),
-        consensus: f.consensus,
-        normalize,
-    };
-    Ok((prepared, finish))
+    masks + selection
 }
 
 /// Elements per block of the final pass: small enough that a block's per-model buffers stay
@@ -595,6 +663,10 @@ macro_rules! family_method {
             fn prefers_streaming(&self) -> bool {
                 // the passes re-read chunks instead of holding every input whole as f32
                 true
+            }
+
+            fn streaming_state_bytes(&self, numel: usize, inputs: usize) -> u64 {
+                $crate::methods::task_family::state_bytes(&FAMILY, numel, inputs)
             }
 
             fn merge_streaming(

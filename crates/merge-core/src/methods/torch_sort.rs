@@ -105,27 +105,107 @@ fn introsort(v: &mut [u64], off: usize, bounds: &[usize], mut depth: u32, less: 
 
 /// `__unguarded_partition_pivot`: the median of positions 1, mid and last−1 moved to the
 /// front, then a Hoare partition of the rest around it; returns the cut.
+/// `__unguarded_partition_pivot`: the median of three moved to the front, then Hoare's
+/// partition of the rest around it; returns the cut.
+///
+/// Hoare's loop swaps the i-th element from the left that is not less than the pivot with
+/// the i-th element from the right that is not greater, until the two scans cross. Which
+/// elements those are is decided by the values as they were before the partition (a scan
+/// never passes over a position already swapped, except at the crossing, where it stops on
+/// it), so [`Scan`] finds them a block at a time without a branch per element, and the swaps
+/// and the cut are those of the element-by-element loop ([`tests::partition_reference`]).
 fn partition_pivot(v: &mut [u64], less: Less) -> usize {
     let n = v.len();
     move_median_to_first(v, 1, n / 2, n - 1, less);
-    let (mut first, mut last) = (1, n);
+    let pivot = v[0];
+    let mut left = Scan::new(1);
+    let mut right = Scan::new(n);
+    // the positions last swapped: a scan stops on them (they now hold what stops it)
+    let (mut swapped_left, mut swapped_right) = (None, None);
     loop {
-        while less.lt(v[first], v[0]) {
-            first += 1;
-        }
-        last -= 1;
-        while less.lt(v[0], v[last]) {
-            last -= 1;
-        }
+        let first = left.next_up(v, swapped_right, |x| !less.lt(x, pivot));
+        let last = right.next_down(v, swapped_left, |x| !less.lt(pivot, x));
         if first >= last {
             return first;
         }
         v.swap(first, last);
-        first += 1;
+        (swapped_left, swapped_right) = (Some(first), Some(last));
     }
 }
 
-/// `__move_median_to_first(result = 0, a, b, c)`.
+/// Elements classified per block of a scan.
+const SCAN_BLOCK: usize = 64;
+
+/// One side of Hoare's partition: the positions whose element stops the scan, found a block
+/// at a time (branch-free classification into a small buffer) in scan order.
+struct Scan {
+    /// Next position to classify (upward: the lowest; downward: one above the highest).
+    next: usize,
+    found: [u32; SCAN_BLOCK],
+    len: usize,
+    at: usize,
+}
+
+impl Scan {
+    fn new(next: usize) -> Scan {
+        Scan {
+            next,
+            found: [0; SCAN_BLOCK],
+            len: 0,
+            at: 0,
+        }
+    }
+
+    /// The next position upward whose element satisfies `stops`, or `cap` if none comes
+    /// before it. Without a cap the scan is unguarded: some later element stops it.
+    #[inline(always)]
+    fn next_up(&mut self, v: &[u64], cap: Option<usize>, stops: impl Fn(u64) -> bool) -> usize {
+        let cap = cap.unwrap_or(usize::MAX);
+        loop {
+            if self.at < self.len {
+                let p = self.found[self.at] as usize;
+                self.at += 1;
+                return p.min(cap);
+            }
+            let start = self.next;
+            if start >= cap || start >= v.len() {
+                return cap;
+            }
+            let end = (start + SCAN_BLOCK).min(v.len());
+            let mut len = 0;
+            for (l, &x) in v[start..end].iter().enumerate() {
+                self.found[len] = (start + l) as u32;
+                len += stops(x) as usize;
+            }
+            (self.next, self.len, self.at) = (end, len, 0);
+        }
+    }
+
+    /// The next position downward whose element satisfies `stops`, or `cap` if none comes
+    /// before it (position 0, the pivot, always stops a downward scan).
+    #[inline(always)]
+    fn next_down(&mut self, v: &[u64], cap: Option<usize>, stops: impl Fn(u64) -> bool) -> usize {
+        loop {
+            if self.at < self.len {
+                let p = self.found[self.at] as usize;
+                self.at += 1;
+                return cap.map_or(p, |c| p.max(c));
+            }
+            let end = self.next;
+            if cap.is_some_and(|c| end <= c + 1) || end == 0 {
+                return cap.unwrap_or(0);
+            }
+            let start = end.saturating_sub(SCAN_BLOCK);
+            let mut len = 0;
+            for (l, &x) in v[start..end].iter().enumerate().rev() {
+                self.found[len] = (start + l) as u32;
+                len += stops(x) as usize;
+            }
+            (self.next, self.len, self.at) = (start, len, 0);
+        }
+    }
+}
+
 fn move_median_to_first(v: &mut [u64], a: usize, b: usize, c: usize, less: Less) {
     let lt = |i: usize, j: usize| less.lt(v[i], v[j]);
     let m = if lt(a, b) {
@@ -295,6 +375,48 @@ mod tests {
         let mut v = items(&keys(3000, 50, 9));
         sort(&mut v, false);
         assert!(v.windows(2).all(|w| w[0] >> 32 <= w[1] >> 32));
+    }
+
+    /// Hoare's partition element by element, as libstdc++ writes it.
+    pub(super) fn partition_reference(v: &mut [u64], less: Less) -> usize {
+        let n = v.len();
+        move_median_to_first(v, 1, n / 2, n - 1, less);
+        let (mut first, mut last) = (1, n);
+        loop {
+            while less.lt(v[first], v[0]) {
+                first += 1;
+            }
+            last -= 1;
+            while less.lt(v[0], v[last]) {
+                last -= 1;
+            }
+            if first >= last {
+                return first;
+            }
+            v.swap(first, last);
+            first += 1;
+        }
+    }
+
+    #[test]
+    fn block_partition_is_hoares_partition() {
+        // introsort partitions only segments of more than 16 elements
+        for n in [17usize, 18, 63, 64, 65, 127, 128, 129, 1000, 4099] {
+            for distinct in [1u32, 2, 3, 10, 1000] {
+                for descending in [true, false] {
+                    let less = Less { descending };
+                    let base = items(&keys(n, distinct, (n as u64) << 8 | distinct as u64));
+                    let (mut a, mut b) = (base.clone(), base.clone());
+                    let cut = partition_pivot(&mut a, less);
+                    let want = partition_reference(&mut b, less);
+                    assert_eq!(
+                        (cut, order(&a)),
+                        (want, order(&b)),
+                        "n {n} distinct {distinct}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
