@@ -47,16 +47,15 @@ pub fn magnitude_key(v: f32) -> u32 {
 }
 
 /// The comparator: `a` goes strictly before `b`.
+/// (`DESCENDING` is a constant so that the scans compile without a branch on it.)
 #[derive(Clone, Copy)]
-struct Less {
-    descending: bool,
-}
+struct Less<const DESCENDING: bool>;
 
-impl Less {
+impl<const DESCENDING: bool> Less<DESCENDING> {
     #[inline(always)]
     fn lt(self, a: u64, b: u64) -> bool {
         let (a, b) = (a >> 32, b >> 32);
-        if self.descending { a > b } else { a < b }
+        if DESCENDING { a > b } else { a < b }
     }
 }
 
@@ -70,7 +69,11 @@ pub fn select(v: &mut [u64], bounds: &[usize], descending: bool) {
         return;
     }
     let depth = 2 * (usize::BITS - 1 - n.leading_zeros());
-    introsort(v, 0, bounds, depth, Less { descending });
+    if descending {
+        introsort(v, 0, bounds, depth, Less::<true>);
+    } else {
+        introsort(v, 0, bounds, depth, Less::<false>);
+    }
 }
 
 /// Sorts `v` completely as `std::sort` does (for tests: every position is a boundary).
@@ -81,7 +84,13 @@ pub fn sort(v: &mut [u64], descending: bool) {
 
 /// `__introsort_loop` on the segment `v` (global positions `off..off + v.len()`), followed
 /// into the parts holding a boundary only.
-fn introsort(v: &mut [u64], off: usize, bounds: &[usize], mut depth: u32, less: Less) {
+fn introsort<const D: bool>(
+    v: &mut [u64],
+    off: usize,
+    bounds: &[usize],
+    mut depth: u32,
+    less: Less<D>,
+) {
     let mut last = v.len();
     loop {
         let inside = |a: usize, b: usize| bounds.iter().any(|&x| off + a < x && x < off + b);
@@ -114,7 +123,7 @@ fn introsort(v: &mut [u64], off: usize, bounds: &[usize], mut depth: u32, less: 
 /// never passes over a position already swapped, except at the crossing, where it stops on
 /// it), so [`Scan`] finds them a block at a time without a branch per element, and the swaps
 /// and the cut are those of the element-by-element loop ([`tests::partition_reference`]).
-fn partition_pivot(v: &mut [u64], less: Less) -> usize {
+fn partition_pivot<const D: bool>(v: &mut [u64], less: Less<D>) -> usize {
     let n = v.len();
     move_median_to_first(v, 1, n / 2, n - 1, less);
     let pivot = v[0];
@@ -206,7 +215,7 @@ impl Scan {
     }
 }
 
-fn move_median_to_first(v: &mut [u64], a: usize, b: usize, c: usize, less: Less) {
+fn move_median_to_first<const D: bool>(v: &mut [u64], a: usize, b: usize, c: usize, less: Less<D>) {
     let lt = |i: usize, j: usize| less.lt(v[i], v[j]);
     let m = if lt(a, b) {
         if lt(b, c) {
@@ -227,7 +236,7 @@ fn move_median_to_first(v: &mut [u64], a: usize, b: usize, c: usize, less: Less)
 }
 
 /// A stable insertion sort (what `__final_insertion_sort` does within a leaf segment).
-fn insertion_sort(v: &mut [u64], less: Less) {
+fn insertion_sort<const D: bool>(v: &mut [u64], less: Less<D>) {
     for i in 1..v.len() {
         let val = v[i];
         let mut j = i;
@@ -240,7 +249,7 @@ fn insertion_sort(v: &mut [u64], less: Less) {
 }
 
 /// `std::__partial_sort(first, last, last)`: `__make_heap` then `__sort_heap`.
-fn heap_sort(v: &mut [u64], less: Less) {
+fn heap_sort<const D: bool>(v: &mut [u64], less: Less<D>) {
     let len = v.len();
     if len >= 2 {
         let mut parent = (len - 2) / 2;
@@ -264,7 +273,13 @@ fn heap_sort(v: &mut [u64], less: Less) {
 }
 
 /// `std::__adjust_heap` (with `__push_heap`) on `v[..len]`.
-fn adjust_heap(v: &mut [u64], mut hole: usize, len: usize, value: u64, less: Less) {
+fn adjust_heap<const D: bool>(
+    v: &mut [u64],
+    mut hole: usize,
+    len: usize,
+    value: u64,
+    less: Less<D>,
+) {
     let top = hole;
     let mut child = hole;
     while child < (len - 1) / 2 {
@@ -378,7 +393,7 @@ mod tests {
     }
 
     /// Hoare's partition element by element, as libstdc++ writes it.
-    pub(super) fn partition_reference(v: &mut [u64], less: Less) -> usize {
+    pub(super) fn partition_reference<const D: bool>(v: &mut [u64], less: Less<D>) -> usize {
         let n = v.len();
         move_median_to_first(v, 1, n / 2, n - 1, less);
         let (mut first, mut last) = (1, n);
@@ -404,11 +419,19 @@ mod tests {
         for n in [17usize, 18, 63, 64, 65, 127, 128, 129, 1000, 4099] {
             for distinct in [1u32, 2, 3, 10, 1000] {
                 for descending in [true, false] {
-                    let less = Less { descending };
                     let base = items(&keys(n, distinct, (n as u64) << 8 | distinct as u64));
                     let (mut a, mut b) = (base.clone(), base.clone());
-                    let cut = partition_pivot(&mut a, less);
-                    let want = partition_reference(&mut b, less);
+                    let (cut, want) = if descending {
+                        (
+                            partition_pivot(&mut a, Less::<true>),
+                            partition_reference(&mut b, Less::<true>),
+                        )
+                    } else {
+                        (
+                            partition_pivot(&mut a, Less::<false>),
+                            partition_reference(&mut b, Less::<false>),
+                        )
+                    };
                     assert_eq!(
                         (cut, order(&a)),
                         (want, order(&b)),
@@ -422,7 +445,7 @@ mod tests {
     #[test]
     fn heap_sort_sorts() {
         let mut v = items(&keys(777, 20, 3));
-        heap_sort(&mut v, Less { descending: true });
+        heap_sort(&mut v, Less::<true>);
         assert!(v.windows(2).all(|w| w[0] >> 32 >= w[1] >> 32));
     }
 }
