@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
 fn load_f32(p: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {

@@ -652,8 +652,8 @@ mod tests {
     /// tensors in one chunk.
     #[test]
     fn chunk_size_does_not_change_the_file() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/models/tiny-llama/base");
+        let src =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/tiny-llama/base");
         let dir = tempfile::tempdir().unwrap();
         for ty in ["Q4_K_M", "Q6_K", "F16"] {
             let ftype = FileType::parse(ty).unwrap();

@@ -8,7 +8,7 @@ use super::zip::tests::{build_zip, build_zip_with};
 use super::*;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
 fn read(p: &Path) -> Vec<u8> {

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::{GgmlType, dequantize_row, quantize_row, quantize_rows};
 
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/blocks")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf/blocks")
 }
 
 fn type_by_name(name: &str) -> GgmlType {

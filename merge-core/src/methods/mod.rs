@@ -461,8 +461,7 @@ mod readme_tests {
     #[test]
     fn readme_lists_every_method_with_its_parameters() {
         let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-                .unwrap();
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
         let table = super::markdown_table();
         assert!(
             readme.contains(&table),

@@ -1099,8 +1099,7 @@ mod tests {
 
     #[test]
     fn jobs_run_independent_stages_side_by_side() {
-        let fx =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/tiny-llama");
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/tiny-llama");
         let m = |n: &str| fx.join(n).display().to_string();
         let slerp = |name: &str, a: &str, b: &str| {
             format!(

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/model")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf/model")
 }
 
 fn manifest() -> Value {
