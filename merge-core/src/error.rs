@@ -133,6 +133,19 @@ pub enum Error {
     Gguf(#[from] crate::gguf::GgufError),
 }
 
+/// A checkpoint format's error becomes the variant of the same meaning (the messages are the
+/// same), so callers match [`Error::Io`] and [`Error::BadCheckpoint`] whichever layer found it.
+impl From<smelt_formats::FormatError> for Error {
+    fn from(e: smelt_formats::FormatError) -> Self {
+        match e {
+            smelt_formats::FormatError::Io { path, source } => Error::Io { path, source },
+            smelt_formats::FormatError::Malformed { path, reason } => {
+                Error::BadCheckpoint { path, reason }
+            }
+        }
+    }
+}
+
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -13,7 +13,6 @@ pub mod arch;
 pub mod batch;
 pub mod checkpoint;
 pub mod convert;
-pub mod dtype;
 pub mod error;
 pub mod exec;
 pub mod gguf;
@@ -25,9 +24,10 @@ pub mod output;
 pub mod partial;
 pub mod plan;
 pub mod recipe;
-pub mod torch;
 pub mod vocab;
 pub mod writer;
 
-pub use dtype::DType;
 pub use error::{Error, Result};
+pub use smelt_formats::DType;
+/// Tensor element types, from [`smelt_formats`] (re-exported: the kernels use them everywhere).
+pub use smelt_formats::dtype;

@@ -447,7 +447,7 @@ fn read_safetensors(path: &Path) -> Result<Loaded> {
 
 fn read_bin(path: &Path) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    crate::torch::read_torch_tensors(&bytes, path)?
+    smelt_formats::torch::read_torch_tensors(&bytes, path)?
         .into_iter()
         .map(|t| {
             let values = decode(t.dtype, &bytes[t.data.clone()], &t.name, path)?;

@@ -6,7 +6,6 @@
 //! [`Checkpoint::read_f32`], chunk by chunk, so memory is bounded by what the caller asks for.
 
 pub mod hub;
-mod safetensors;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,6 +13,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use smelt_formats::{safetensors, torch};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -154,9 +154,7 @@ impl Checkpoint {
             ck.add_safetensors(&single)?;
         } else if path.join("pytorch_model.bin.index.json").is_file() {
             let index = path.join("pytorch_model.bin.index.json");
-            let mut shards: Vec<String> = crate::torch::read_bin_index(&index)?
-                .into_values()
-                .collect();
+            let mut shards: Vec<String> = torch::read_bin_index(&index)?.into_values().collect();
             shards.sort();
             shards.dedup();
             for shard in shards {
@@ -185,14 +183,22 @@ impl Checkpoint {
     fn add_safetensors(&mut self, path: &Path) -> Result<()> {
         let (file_handle, map) = open_mapped(path)?;
         let file = self.files.len();
-        for (tname, info) in safetensors::read_header(&map, path)? {
+        for (tname, info) in safetensors::parse_header(&map, path)? {
             if self.tensors.contains_key(&tname) {
                 return Err(Error::bad_checkpoint(
                     path,
                     format!("tensor `{tname}` appears in more than one shard"),
                 ));
             }
-            self.tensors.insert(tname, TensorInfo { file, ..info });
+            self.tensors.insert(
+                tname,
+                TensorInfo {
+                    dtype: info.dtype,
+                    shape: info.shape,
+                    file,
+                    range: info.range,
+                },
+            );
         }
         self.files.push(MappedFile {
             path: path.to_path_buf(),
@@ -206,7 +212,7 @@ impl Checkpoint {
     fn add_torch(&mut self, path: &Path) -> Result<()> {
         let (file_handle, map) = open_mapped(path)?;
         let file = self.files.len();
-        for t in crate::torch::read_torch_tensors(&map, path)? {
+        for t in torch::read_torch_tensors(&map, path)? {
             if self.tensors.contains_key(&t.name) {
                 return Err(Error::bad_checkpoint(
                     path,
@@ -436,39 +442,8 @@ pub fn json_path<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a serde_j
     path.split('.').try_fold(v, |cur, k| cur.get(k))
 }
 
-/// The tensors of a safetensors file's header (`bytes` holds the whole file; `path` is for
-/// messages): names with dtypes, shapes and absolute byte ranges, all bounds-checked.
-pub fn parse_safetensors_header(bytes: &[u8], path: &Path) -> Result<Vec<(String, TensorInfo)>> {
-    safetensors::read_header(bytes, path)
-}
-
 /// The `weight_map` of a safetensors index: tensor name → shard file name.
 fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    parse_index(&text, index)
-}
-
-/// Parses the text of a `model.safetensors.index.json` (`index` is for messages) into its
-/// `weight_map`: tensor name → shard file name (plain file names only).
-pub fn parse_index(text: &str, index: &Path) -> Result<BTreeMap<String, String>> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| Error::bad_checkpoint(index, e.to_string()))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::bad_checkpoint(index, "no `weight_map` object"))?;
-    let mut out = BTreeMap::new();
-    for (k, f) in map {
-        let f = f.as_str().ok_or_else(|| {
-            Error::bad_checkpoint(index, format!("weight_map entry `{k}` is not a string"))
-        })?;
-        if f.is_empty() || f.contains('/') || f.contains('\\') || f == "." || f == ".." {
-            return Err(Error::bad_checkpoint(
-                index,
-                format!("shard name `{f}` (of tensor `{k}`) is not a plain file name"),
-            ));
-        }
-        out.insert(k.clone(), f.to_string());
-    }
-    Ok(out)
+    Ok(safetensors::parse_index(&text, index)?)
 }

@@ -401,8 +401,7 @@ fn bad_adapters_are_refused_with_the_key() {
 
 #[test]
 fn torch_bin_adapter_is_read_too() {
-    use crate::torch::pickle::tests::state_dict_pickle;
-    use crate::torch::zip::tests::build_zip;
+    use smelt_formats::torch::testing::{build_zip, state_dict_pickle};
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("adapter_config.json"),

@@ -744,72 +744,9 @@ fn rebuild_tensor(args: &[Value]) -> Result<Value, String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A test tensor: `(name, storage class, key, numel, offset, shape, stride)`.
-    pub(crate) type TensorSpec<'a> = (
-        &'a str,
-        &'a str,
-        &'a str,
-        usize,
-        usize,
-        &'a [usize],
-        &'a [usize],
-    );
-
-    /// Assembles a protocol-2 pickle of a dict (or `OrderedDict`) of tensors the way
-    /// `torch.save` writes it.
-    pub(crate) fn state_dict_pickle(tensors: &[TensorSpec], ordered: bool) -> Vec<u8> {
-        let mut p = vec![0x80, 2];
-        if ordered {
-            p.extend_from_slice(b"ccollections\nOrderedDict\n)R");
-        } else {
-            p.push(b'}');
-        }
-        p.push(b'(');
-        let int = |p: &mut Vec<u8>, v: usize| {
-            p.push(b'J');
-            p.extend_from_slice(&(v as u32).to_le_bytes());
-        };
-        let s = |p: &mut Vec<u8>, v: &str| {
-            p.push(b'X');
-            p.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            p.extend_from_slice(v.as_bytes());
-        };
-        for (name, class, key, numel, off, shape, stride) in tensors {
-            s(&mut p, name);
-            p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
-            p.push(b'(');
-            s(&mut p, "storage");
-            p.extend_from_slice(format!("ctorch\n{class}\n").as_bytes());
-            s(&mut p, key);
-            s(&mut p, "cpu");
-            int(&mut p, *numel);
-            p.extend_from_slice(b"tQ");
-            int(&mut p, *off);
-            p.push(b'(');
-            for d in *shape {
-                int(&mut p, *d);
-            }
-            p.push(b't');
-            p.push(b'(');
-            for d in *stride {
-                int(&mut p, *d);
-            }
-            p.push(b't');
-            p.push(0x89);
-            p.extend_from_slice(b"ccollections\nOrderedDict\n)R");
-            p.extend_from_slice(b"tR");
-        }
-        p.push(b'u');
-        if ordered {
-            // BUILD with a `_metadata` state, as OrderedDict.__reduce__ produces.
-            p.extend_from_slice(b"}(X\x09\x00\x00\x00_metadata}ub");
-        }
-        p.push(b'.');
-        p
-    }
+    use crate::torch::testing::state_dict_pickle;
 
     #[test]
     fn reads_dict_and_ordered_dict_state_dicts() {

@@ -3,8 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::pickle::tests::state_dict_pickle;
-use super::zip::tests::{build_zip, build_zip_with};
+use super::testing::{build_zip, build_zip_with, state_dict_pickle};
 use super::*;
 
 fn fixtures() -> PathBuf {

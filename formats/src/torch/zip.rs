@@ -89,11 +89,11 @@ fn method_name(m: u16) -> &'static str {
     }
 }
 
-const EOCD_SIG: u32 = 0x0605_4b50;
-const EOCD64_LOCATOR_SIG: u32 = 0x0706_4b50;
-const EOCD64_SIG: u32 = 0x0606_4b50;
-const CDIR_SIG: u32 = 0x0201_4b50;
-const LOCAL_SIG: u32 = 0x0403_4b50;
+pub(super) const EOCD_SIG: u32 = 0x0605_4b50;
+pub(super) const EOCD64_LOCATOR_SIG: u32 = 0x0706_4b50;
+pub(super) const EOCD64_SIG: u32 = 0x0606_4b50;
+pub(super) const CDIR_SIG: u32 = 0x0201_4b50;
+pub(super) const LOCAL_SIG: u32 = 0x0403_4b50;
 const EOCD_LEN: usize = 22;
 const EOCD64_LOCATOR_LEN: usize = 20;
 const EOCD64_LEN: usize = 56;
@@ -270,98 +270,9 @@ pub fn read_entries(bytes: &[u8]) -> Result<Vec<ZipEntry>, ZipError> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// Builds a zip archive (optionally with ZIP64 records) for tests. Data is stored as is;
-    /// entries whose name contains `compressed_marker` are labelled with `method`.
-    pub(crate) fn build_zip_with(
-        files: &[(&str, &[u8])],
-        zip64: bool,
-        method: u16,
-        compressed_marker: &str,
-    ) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut cd = Vec::new();
-        for (name, data) in files {
-            let method = if name.contains(compressed_marker) {
-                method
-            } else {
-                0
-            };
-            let off = out.len() as u32;
-            out.extend_from_slice(&LOCAL_SIG.to_le_bytes());
-            out.extend_from_slice(&[20, 0, 0, 0]);
-            out.extend_from_slice(&method.to_le_bytes());
-            out.extend_from_slice(&[0; 8]); // time, date, crc
-            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(&3u16.to_le_bytes()); // 3 bytes of padding extra
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&[0xAA; 3]);
-            out.extend_from_slice(data);
-
-            cd.extend_from_slice(&CDIR_SIG.to_le_bytes());
-            cd.extend_from_slice(&[45, 0, 45, 0, 0, 0]);
-            cd.extend_from_slice(&method.to_le_bytes());
-            cd.extend_from_slice(&[0; 8]);
-            let (size, loc) = if zip64 {
-                (0xFFFF_FFFFu32, 0xFFFF_FFFFu32)
-            } else {
-                (data.len() as u32, off)
-            };
-            cd.extend_from_slice(&size.to_le_bytes());
-            cd.extend_from_slice(&size.to_le_bytes());
-            cd.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            cd.extend_from_slice(&(if zip64 { 28u16 } else { 0 }).to_le_bytes());
-            cd.extend_from_slice(&[0; 10]); // comment len, disk, attrs
-            cd.extend_from_slice(&loc.to_le_bytes());
-            cd.extend_from_slice(name.as_bytes());
-            if zip64 {
-                cd.extend_from_slice(&1u16.to_le_bytes());
-                cd.extend_from_slice(&24u16.to_le_bytes());
-                cd.extend_from_slice(&(data.len() as u64).to_le_bytes());
-                cd.extend_from_slice(&(data.len() as u64).to_le_bytes());
-                cd.extend_from_slice(&(off as u64).to_le_bytes());
-            }
-        }
-        let cd_off = out.len();
-        out.extend_from_slice(&cd);
-        if zip64 {
-            let rec = out.len();
-            out.extend_from_slice(&EOCD64_SIG.to_le_bytes());
-            out.extend_from_slice(&44u64.to_le_bytes());
-            out.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-            out.extend_from_slice(&(files.len() as u64).to_le_bytes());
-            out.extend_from_slice(&(files.len() as u64).to_le_bytes());
-            out.extend_from_slice(&(cd.len() as u64).to_le_bytes());
-            out.extend_from_slice(&(cd_off as u64).to_le_bytes());
-            out.extend_from_slice(&EOCD64_LOCATOR_SIG.to_le_bytes());
-            out.extend_from_slice(&0u32.to_le_bytes());
-            out.extend_from_slice(&(rec as u64).to_le_bytes());
-            out.extend_from_slice(&1u32.to_le_bytes());
-        }
-        out.extend_from_slice(&EOCD_SIG.to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
-        let n = if zip64 { 0xFFFF } else { files.len() as u16 };
-        out.extend_from_slice(&n.to_le_bytes());
-        out.extend_from_slice(&n.to_le_bytes());
-        let (size, off) = if zip64 {
-            (0xFFFF_FFFFu32, 0xFFFF_FFFFu32)
-        } else {
-            (cd.len() as u32, cd_off as u32)
-        };
-        out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(&off.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out
-    }
-
-    /// Builds a zip archive whose entries all use `method` (data left as is).
-    pub(crate) fn build_zip(files: &[(&str, &[u8])], zip64: bool, method: u16) -> Vec<u8> {
-        build_zip_with(files, zip64, method, "")
-    }
+    use crate::torch::testing::build_zip;
 
     #[test]
     fn reads_plain_and_zip64_archives() {

@@ -15,6 +15,8 @@
 //! tensors (numbers, strings, `None`) are skipped.
 
 pub mod pickle;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod zip;
 
 use std::collections::BTreeMap;
@@ -22,7 +24,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{FormatError, FormatResult};
 
 /// One tensor of a torch checkpoint, located inside the checkpoint's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +45,8 @@ pub struct TorchTensor {
 ///
 /// Tensors come in the order of the pickled state dict. Several tensors may share bytes (tied
 /// weights saved as views of one storage).
-pub fn read_torch_tensors(bytes: &[u8], path: &Path) -> Result<Vec<TorchTensor>> {
-    let fail = |reason: String| Error::bad_checkpoint(path, reason);
+pub fn read_torch_tensors(bytes: &[u8], path: &Path) -> FormatResult<Vec<TorchTensor>> {
+    let fail = |reason: String| FormatError::malformed(path, reason);
     if bytes.starts_with(&[0x80]) {
         return Err(fail(
             "this is a legacy (pre torch 1.6) pickle checkpoint, which smelt cannot read; \
@@ -172,18 +174,18 @@ pub fn read_torch_tensors(bytes: &[u8], path: &Path) -> Result<Vec<TorchTensor>>
 
 /// Reads the `weight_map` (tensor name → shard file name) of a sharded torch checkpoint's
 /// `pytorch_model.bin.index.json`.
-pub fn read_bin_index(path: &Path) -> Result<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+pub fn read_bin_index(path: &Path) -> FormatResult<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
     let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::bad_checkpoint(path, format!("index is not valid JSON: {e}")))?;
+        .map_err(|e| FormatError::malformed(path, format!("index is not valid JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::bad_checkpoint(path, "index has no `weight_map` object"))?;
+        .ok_or_else(|| FormatError::malformed(path, "index has no `weight_map` object"))?;
     map.iter()
         .map(|(k, v)| match v.as_str() {
             Some(file) => Ok((k.clone(), file.to_string())),
-            None => Err(Error::bad_checkpoint(
+            None => Err(FormatError::malformed(
                 path,
                 format!("weight_map entry `{k}` is not a file name"),
             )),
