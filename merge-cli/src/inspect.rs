@@ -5,8 +5,8 @@ use std::path::Path;
 use anyhow::Result;
 use merge_core::checkpoint::Checkpoint;
 use merge_core::exec;
-use merge_core::gguf::file::{GgufFile, GgufValue};
 use merge_core::plan::Plan;
+use smelt_gguf::file::{GgufFile, GgufValue};
 
 use crate::progress::human;
 

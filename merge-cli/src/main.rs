@@ -405,7 +405,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .as_deref()
                     .map(|t| -> Result<merge::GgufOptions> {
                         Ok(merge::GgufOptions {
-                            ftype: merge_core::gguf::FileType::parse(t)?,
+                            ftype: smelt_gguf::FileType::parse(t)?,
                             pre: a.pre.clone(),
                             keep_safetensors: a.keep_safetensors,
                         })
@@ -502,7 +502,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Quantize(a) => {
-            let ftype = merge_core::gguf::FileType::parse(&a.ftype)?;
+            let ftype = smelt_gguf::FileType::parse(&a.ftype)?;
             let out = match a.out.clone().or(a.output.clone()) {
                 Some(p) => p,
                 None => {
@@ -520,7 +520,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             let t0 = std::time::Instant::now();
-            let r = merge_core::gguf::convert::convert_folder(
+            let r = merge_core::gguf::convert_folder(
                 &a.model,
                 &out,
                 ftype,

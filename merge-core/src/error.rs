@@ -130,7 +130,7 @@ pub enum Error {
     Cancelled,
     /// GGUF export or reading failed.
     #[error(transparent)]
-    Gguf(#[from] crate::gguf::GgufError),
+    Gguf(#[from] smelt_gguf::GgufError),
 }
 
 /// A checkpoint format's error becomes the variant of the same meaning (the messages are the

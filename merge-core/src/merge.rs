@@ -8,13 +8,13 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::exec::{self, ExecOptions, Progress, TensorSink};
-use crate::gguf::FileType;
 use crate::gguf::sink::{GgufSink, Tee};
 use crate::lock::{self, FileRecord, HashCache, InputRecord, Lock, RecipeRecord};
 use crate::output::{self, OutputDir};
 use crate::plan::{self, Plan, PlanOptions};
 use crate::recipe::Recipe;
 use crate::writer::{SafetensorsWriter, WrittenFile};
+use smelt_gguf::FileType;
 
 /// Options of a merge run.
 #[derive(Debug, Clone)]

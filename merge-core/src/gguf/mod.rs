@@ -1,26 +1,13 @@
-//! GGUF export: everything between a Hugging Face model folder and a llama.cpp GGUF file.
+//! The merge engine's GGUF route. The format itself (container, quantizers, file types,
+//! architectures, tokenizer metadata, the HF → GGUF conversion plan) is the [`smelt_gguf`]
+//! crate; here is what needs the engine:
 //!
-//! * [`types`]: ggml tensor types; [`quant`]: ggml's reference block quantizers;
-//! * [`file`](mod@file): the GGUF v3 container (planned streaming writer, validating reader);
-//! * [`mixture`]: llama.cpp file types (Q4_K_M, ...) and the per-tensor type rules;
-//! * [`arch`]: per-architecture names, metadata and tensor transforms;
-//! * [`tokenizer`] and [`pretok`]: `tokenizer.*` metadata;
-//! * [`convert`]: the conversion plan and [`convert::convert_folder`].
+//! * [`sink`]: [`sink::GgufSink`], the `TensorSink` that quantizes a merge plan's output tensors
+//!   straight into a GGUF file (`smelt run --gguf`), and [`sink::Tee`];
+//! * [`convert_folder`]: a model folder, opened as a checkpoint, to a GGUF file
+//!   (`smelt quantize`).
 
-pub mod arch;
-pub mod convert;
-pub mod error;
-pub mod file;
-pub mod mixture;
-pub mod pretok;
-pub mod quant;
+mod folder;
 pub mod sink;
-pub mod tokenizer;
-pub mod types;
 
-pub use error::{GgufError, GgufResult};
-pub use file::{
-    GgufFile, GgufLayout, GgufValue, GgufValueType, GgufWriter, TensorInfo, TensorSpec,
-};
-pub use mixture::FileType;
-pub use types::GgmlType;
+pub use folder::{ConvertReport, convert_folder};

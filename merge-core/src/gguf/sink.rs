@@ -5,15 +5,15 @@
 
 use std::path::Path;
 
-use super::arch::{Transform, permuted_row};
-use super::convert::{self, GgufPlan, HfTensor, PlanOptions, encode_tensor};
-use super::error::GgufError;
-use super::file::{GgufLayout, GgufValue, GgufWriter};
-use super::mixture::FileType;
-use super::quant;
 use crate::error::{Error, Result};
 use crate::exec::TensorSink;
 use crate::plan::Plan;
+use smelt_gguf::arch::{Transform, permuted_row};
+use smelt_gguf::convert::{self, GgufPlan, HfTensor, PlanOptions, encode_tensor};
+use smelt_gguf::error::GgufError;
+use smelt_gguf::file::{GgufLayout, GgufValue, GgufWriter};
+use smelt_gguf::mixture::FileType;
+use smelt_gguf::quant;
 
 /// A [`TensorSink`] that quantizes merged tensors into a GGUF file.
 pub struct GgufSink<'a> {
@@ -226,7 +226,7 @@ mod tests {
     fn permuted_rows_match_the_permutation() {
         let (rows, cols, nh) = (16usize, 1usize, 2usize);
         let data: Vec<usize> = (0..rows).collect();
-        let p = super::super::arch::permute_rows(&data, rows, cols, nh).unwrap();
+        let p = smelt_gguf::arch::permute_rows(&data, rows, cols, nh).unwrap();
         for r in 0..rows {
             assert_eq!(p[permuted_row(r, rows, nh)], r);
         }

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use merge_core::gguf::FileType;
-use merge_core::gguf::convert::{self, GgufPlan, HfTensor, PlanOptions};
-use merge_core::gguf::file::{GgufFile, GgufLayout, GgufValue, GgufValueType, GgufWriter};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use smelt_gguf::FileType;
+use smelt_gguf::convert::{self, GgufPlan, HfTensor, PlanOptions};
+use smelt_gguf::file::{GgufFile, GgufLayout, GgufValue, GgufValueType, GgufWriter};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf/model")
@@ -391,7 +391,7 @@ fn pretokenizer_check_text_ids_match_hf_tokenizers() {
             &std::fs::read(dir.join(format!("{name}.tokenizer.json"))).unwrap(),
         )
         .unwrap();
-        let ids = merge_core::gguf::pretok::check_ids(&tj).unwrap();
+        let ids = smelt_gguf::pretok::check_ids(&tj).unwrap();
         let want_ids: Vec<u32> = want["ids"]
             .as_array()
             .unwrap()
@@ -400,7 +400,7 @@ fn pretokenizer_check_text_ids_match_hf_tokenizers() {
             .collect();
         assert_eq!(ids, want_ids, "{name}");
         assert_eq!(
-            merge_core::gguf::pretok::check_digest(&tj).unwrap(),
+            smelt_gguf::pretok::check_digest(&tj).unwrap(),
             want["sha256"].as_str().unwrap(),
             "{name}"
         );
@@ -408,9 +408,7 @@ fn pretokenizer_check_text_ids_match_hf_tokenizers() {
     // the fixture tokenizer is not in llama.cpp's table: a clear error naming --pre
     let tj: Value =
         serde_json::from_slice(&std::fs::read(dir.join("gpt2.tokenizer.json")).unwrap()).unwrap();
-    let e = merge_core::gguf::pretok::recognise(&tj)
-        .unwrap_err()
-        .to_string();
+    let e = smelt_gguf::pretok::recognise(&tj).unwrap_err().to_string();
     assert!(e.contains("--pre") && e.contains("428b276b"), "{e}");
 }
 
@@ -477,64 +475,6 @@ fn whole_files_are_byte_identical() {
         }
     }
     assert_eq!(n, 23);
-}
-
-/// `convert_folder` end to end: same bytes at 1 and 2 threads, tensors equal to the
-/// reference, and the converter's size label.
-#[test]
-fn convert_folder_end_to_end() {
-    let man = manifest();
-    let dir = tempfile::tempdir().unwrap();
-    for (model, pre, ty) in [
-        ("gguf-qwen2", Some("gpt-2"), "Q4_K_M"),
-        ("gguf-mistral-spm", None, "Q8_0"),
-    ] {
-        let ftype = FileType::parse(ty).unwrap();
-        let a = dir.path().join(format!("{model}-1.gguf"));
-        let b = dir.path().join(format!("{model}-2.gguf"));
-        let src = fixtures().join(model);
-        let r = convert::convert_folder(&src, &a, ftype, pre, 1).unwrap();
-        convert::convert_folder(&src, &b, ftype, pre, 2).unwrap();
-        let bytes = std::fs::read(&a).unwrap();
-        assert_eq!(bytes, std::fs::read(&b).unwrap());
-        assert_eq!(r.bytes, bytes.len() as u64);
-        let file = man["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["model"] == model && f["type"] == ty)
-            .unwrap();
-        let g = GgufFile::open(&a).unwrap();
-        assert_eq!(
-            g.get("general.size_label").and_then(GgufValue::as_str),
-            file["metadata"]["general.size_label"].as_str()
-        );
-        for want in file["tensors"].as_array().unwrap() {
-            let name = want["name"].as_str().unwrap();
-            let got = g.read_tensor_bytes(name).unwrap();
-            assert_eq!(
-                hex(&got),
-                want["sha256"].as_str().unwrap(),
-                "{model} {name}"
-            );
-            // dequantized values are finite and of the right count
-            let f = g.read_tensor_f32(name).unwrap();
-            assert_eq!(f.len() as u64, g.tensor(name).unwrap().n_elements());
-            assert!(f.iter().all(|v| v.is_finite()));
-        }
-    }
-    // a folder without weights: a clear error
-    let empty = tempfile::tempdir().unwrap();
-    let e = convert::convert_folder(
-        empty.path(),
-        &dir.path().join("x.gguf"),
-        FileType::F16,
-        None,
-        1,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("model.safetensors"), "{e}");
 }
 
 fn synth_tensors(
@@ -620,7 +560,7 @@ fn other_architectures_plan_by_the_spec() {
         .iter()
         .find(|t| t.name == "blk.1.attn_norm.weight")
         .unwrap();
-    assert_eq!(norm.transform, merge_core::gguf::arch::Transform::AddOne);
+    assert_eq!(norm.transform, smelt_gguf::arch::Transform::AddOne);
     let te = p
         .tensors
         .iter()
@@ -682,11 +622,7 @@ fn other_architectures_plan_by_the_spec() {
             .iter()
             .find(|t| t.name == format!("blk.0.{n}.weight"))
             .unwrap();
-        assert_eq!(
-            t.transform,
-            merge_core::gguf::arch::Transform::AddOne,
-            "{n}"
-        );
+        assert_eq!(t.transform, smelt_gguf::arch::Transform::AddOne, "{n}");
         assert_eq!(t.ty.name(), "F32");
     }
     assert_eq!(
@@ -724,7 +660,7 @@ fn other_architectures_plan_by_the_spec() {
         .iter()
         .find(|t| t.name == "blk.0.attn_q.weight")
         .unwrap();
-    assert_eq!(q.transform, merge_core::gguf::arch::Transform::None);
+    assert_eq!(q.transform, smelt_gguf::arch::Transform::None);
     assert_eq!(
         p.get("qwen3.attention.value_length"),
         Some(&GgufValue::U32(64))
@@ -807,7 +743,7 @@ fn other_architectures_plan_by_the_spec() {
 /// the vocabulary padded to 516 ids (fixture README).
 #[test]
 fn spm_variants_match_reference() {
-    use merge_core::gguf::tokenizer::{SpModel, TokenizerOptions, tokenizer_metadata};
+    use smelt_gguf::tokenizer::{SpModel, TokenizerOptions, tokenizer_metadata};
     let man = manifest();
     let src = fixtures().join("gguf-mistral-spm");
     let sp = SpModel::parse(&std::fs::read(src.join("tokenizer.model")).unwrap()).unwrap();

@@ -10,7 +10,7 @@
 //! `config.json`. The vocabulary is padded with `[PAD{id}]` tokens up to the embedding rows.
 //!
 //! `tokenizer.ggml.pre` (BPE only) is taken from the caller's override or recognised from the
-//! tokenizer (see [`crate::gguf::pretok`]); an unrecognised tokenizer is an error that names the
+//! tokenizer (see [`crate::pretok`]); an unrecognised tokenizer is an error that names the
 //! `--pre` option.
 
 use std::path::Path;
