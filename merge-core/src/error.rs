@@ -35,7 +35,7 @@ pub enum Error {
     /// The recipe could not be read or is invalid.
     #[error("{path}: {message}")]
     Recipe {
-        /// The recipe file ("<string>" when parsed from memory).
+        /// The recipe file (`<string>` when parsed from memory).
         path: PathBuf,
         /// What is wrong, with line and column where known.
         message: String,

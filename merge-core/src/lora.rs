@@ -2,7 +2,7 @@
 //! weights, as PEFT's `merge_and_unload` does for a `model+lora` reference (spec §1.2).
 //!
 //! An adapter folder holds `adapter_config.json` and `adapter_model.safetensors` (or a torch
-//! `adapter_model.bin`, read with [`crate::torch`]). Tensor keys look like
+//! `adapter_model.bin`, read with [`smelt_formats::torch`]). Tensor keys look like
 //! `base_model.model.<module>.lora_A.weight` / `.lora_B.weight` (linear layers; A is
 //! `r × in`, B is `out × r`) or `base_model.model.<module>.lora_embedding_A` / `_B` (embeddings,
 //! with or without a trailing `.weight`; A is `r × num_embeddings`, B is `dim × r`). Each module
