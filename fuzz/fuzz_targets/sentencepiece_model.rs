@@ -1,5 +1,5 @@
 //! A SentencePiece `tokenizer.model` protobuf, never a panic.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = merge_core::gguf::tokenizer::SpModel::parse(data);
+    let _ = smelt_gguf::tokenizer::SpModel::parse(data);
 });

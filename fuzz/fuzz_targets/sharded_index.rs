@@ -2,5 +2,5 @@
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let _ = merge_core::checkpoint::parse_index(&text, std::path::Path::new("i.json"));
+    let _ = smelt_formats::safetensors::parse_index(&text, std::path::Path::new("i.json"));
 });

@@ -2,6 +2,6 @@
 //! read, never executed, never a panic.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = merge_core::torch::read_torch_tensors(data, std::path::Path::new("f.bin"));
-    let _ = merge_core::torch::pickle::unpickle(data);
+    let _ = smelt_formats::torch::read_torch_tensors(data, std::path::Path::new("f.bin"));
+    let _ = smelt_formats::torch::pickle::unpickle(data);
 });

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use merge_core::gguf::file::GgufFile;
+use smelt_gguf::file::GgufFile;
 
 use crate::util::*;
 

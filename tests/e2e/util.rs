@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 /// The repo root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
+        .join("..")
         .canonicalize()
         .unwrap()
 }

@@ -7,8 +7,8 @@
 //! The input imitates bf16 weights: 0.02·(roughly normal), rounded to bf16, with every 7th
 //! row scaled by 50 and every 13th block holding one large outlier.
 
-use merge_core::gguf::GgmlType;
-use merge_core::gguf::quant::{bf16_to_f32, f32_to_bf16, quantize_row};
+use smelt_gguf::GgmlType;
+use smelt_gguf::quant::{bf16_to_f32, f32_to_bf16, quantize_row};
 
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
