@@ -12,60 +12,9 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
-/// One edit of a valid input.
-#[derive(Debug, Clone)]
-enum Edit {
-    Flip(usize, u8),
-    Insert(usize, Vec<u8>),
-    Remove(usize, usize),
-    Truncate(usize),
-}
-
-fn edits() -> impl Strategy<Value = Vec<Edit>> {
-    let edit = prop_oneof![
-        (any::<usize>(), 1..=255u8).prop_map(|(i, x)| Edit::Flip(i, x)),
-        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16))
-            .prop_map(|(i, b)| Edit::Insert(i, b)),
-        (any::<usize>(), 1..64usize).prop_map(|(i, n)| Edit::Remove(i, n)),
-        any::<usize>().prop_map(Edit::Truncate),
-    ];
-    prop::collection::vec(edit, 1..4)
-}
-
-fn apply(valid: &[u8], edits: &[Edit]) -> Vec<u8> {
-    let mut v = valid.to_vec();
-    for e in edits {
-        let n = v.len().max(1);
-        match e {
-            Edit::Flip(i, x) => {
-                if !v.is_empty() {
-                    v[i % n] ^= x;
-                }
-            }
-            Edit::Insert(i, b) => {
-                let at = i % (v.len() + 1);
-                v.splice(at..at, b.iter().copied());
-            }
-            Edit::Remove(i, k) => {
-                let at = i % n;
-                let end = (at + k).min(v.len());
-                if at < end {
-                    v.drain(at..end);
-                }
-            }
-            Edit::Truncate(i) => v.truncate(i % n),
-        }
-    }
-    v
-}
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+#[path = "../../tests/support/fuzz_edits.rs"]
+mod fuzz_edits;
+use fuzz_edits::{apply, config, edits};
 
 proptest! {
     #![proptest_config(config(3000))]

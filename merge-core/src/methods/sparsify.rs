@@ -667,13 +667,16 @@ impl MaskCursor<'_> {
 
 /// TIES magnitude pruning: keeps the `int(density·numel)` largest magnitudes.
 /// `density ≥ 1` keeps everything untouched; `k == 0` keeps nothing (see divergences).
-pub fn magnitude<V: Values + ?Sized>(v: &V, density: f64) -> Mask {
+pub fn magnitude<V: Values + ?Sized>(v: &V, density: f64, ties: Ties) -> Mask {
     if density >= 1.0 {
         return Mask::All;
     }
     let k = py_int_mul(density, v.numel());
     if k <= 0 {
         return Mask::Nothing;
+    }
+    if ties.replay(v.numel()) {
+        return sorted_range(v, false, 0, k as usize);
     }
     let top = select_top(v, k as usize);
     if top.splits_ties() {
@@ -683,12 +686,42 @@ pub fn magnitude<V: Values + ?Sized>(v: &V, density: f64) -> Mask {
     Mask::Top(top)
 }
 
+/// Whether equal magnitudes are common in a task vector, which decides how a magnitude cut is
+/// found (the kept set is the same either way: when no cut splits equal magnitudes, every
+/// sort keeps the same elements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ties {
+    /// f32 values: a radix select finds the cut, and only a cut that splits equal
+    /// magnitudes is replayed.
+    Rare,
+    /// bf16 and f16 values, whose cuts nearly always split equal magnitudes: the sort is
+    /// replayed at once, without the select's pass over the inputs.
+    Common,
+}
+
+impl Ties {
+    /// The expectation for task vectors in the math dtype `math`.
+    pub fn of(math: DType) -> Ties {
+        if matches!(math, DType::BF16 | DType::F16) {
+            Ties::Common
+        } else {
+            Ties::Rare
+        }
+    }
+
+    /// Whether to replay the sort without a select first (tensors the replay can index).
+    fn replay(self, n: usize) -> bool {
+        self == Ties::Common && u32::try_from(n).is_ok()
+    }
+}
+
 /// Breadcrumbs: drops the `int(gamma·n)` largest magnitudes (outliers) and then the smallest
 /// ones, so that `int(density·n)` remain (fewer outliers are dropped if needed).
 pub fn magnitude_outliers<V: Values + ?Sized>(
     v: &V,
     density: f64,
     gamma: f64,
+    ties: Ties,
 ) -> Result<Mask, String> {
     if density >= 1.0 {
         return Ok(Mask::All);
@@ -708,6 +741,10 @@ pub fn magnitude_outliers<V: Values + ?Sized>(
     let end = n as i64 - bot;
     if end <= top {
         return Ok(Mask::Nothing);
+    }
+    if ties.replay(n) {
+        // mergekit's ascending positions [bot, n − top)
+        return Ok(sorted_range(v, true, bot as usize, n - top.max(0) as usize));
     }
     if top <= 0 {
         let keep = select_top(v, end as usize);
@@ -735,21 +772,33 @@ fn sorted_range<V: Values + ?Sized>(v: &V, ascending: bool, from: usize, to: usi
     let n = v.numel();
     assert!(u32::try_from(n).is_ok(), "tensor of {n} elements");
     let mut items = take_items(n);
-    items
+    items.spare_capacity_mut()[..n]
         .par_chunks_mut(CHUNK)
         .enumerate()
         .for_each_init(Vec::new, |buf, (c, out)| {
             let start = load_chunk(v, c, buf);
             for (l, (o, x)) in out.iter_mut().zip(buf.iter()).enumerate() {
-                *o = torch_sort::item(torch_sort::magnitude_key(*x), (start + l) as u32);
+                o.write(torch_sort::item(
+                    torch_sort::magnitude_key(*x),
+                    (start + l) as u32,
+                ));
             }
         });
+    // SAFETY: the chunks cover the first n slots of the spare capacity and every slot of
+    // every chunk was written just above.
+    unsafe { items.set_len(n) };
     torch_sort::select(&mut items, &[from, to], !ascending);
-    let mut words = vec![0u64; n.div_ceil(64)];
-    for &it in &items[from..to] {
-        let i = torch_sort::index(it);
-        words[i >> 6] |= 1 << (i & 63);
-    }
+    // the kept items are spread over the tensor: set their bits from every thread at once
+    let words: Vec<std::sync::atomic::AtomicU64> = (0..n.div_ceil(64))
+        .map(|_| std::sync::atomic::AtomicU64::new(0))
+        .collect();
+    items[from..to].par_chunks(CHUNK).for_each(|part| {
+        for &it in part {
+            let i = torch_sort::index(it);
+            words[i >> 6].fetch_or(1 << (i & 63), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let words = words.into_iter().map(|w| w.into_inner()).collect();
     give_items(items);
     Mask::Bits(words)
 }
@@ -763,11 +812,11 @@ thread_local! {
 /// Buffers up to this many items are kept for the next tensor (128 MB per thread).
 const KEEP_ITEMS: usize = 16 << 20;
 
-/// A buffer of `n` items (zeros; memory already faulted in when reused).
+/// An empty buffer with room for `n` items (memory already faulted in when reused).
 fn take_items(n: usize) -> Vec<u64> {
     let mut v = ITEMS.with(|b| std::mem::take(&mut *b.borrow_mut()));
     v.clear();
-    v.resize(n, 0);
+    v.reserve(n);
     v
 }
 
@@ -1000,15 +1049,15 @@ pub(crate) mod tests {
     #[test]
     fn magnitude_keeps_largest() {
         let d = [0.0f32, -2.0, 3.0, -0.5];
-        assert_eq!(kept(&magnitude(&d[..], 0.5), &d), vec![1, 2]);
-        assert!(magnitude(&d[..], 1.0).is_all());
+        assert_eq!(kept(&magnitude(&d[..], 0.5, Ties::Rare), &d), vec![1, 2]);
+        assert!(magnitude(&d[..], 1.0, Ties::Rare).is_all());
     }
 
     #[test]
     fn magnitude_ties_keep_lower_index_first() {
         let d = [1.0f32, -1.0, 1.0, 1.0, 0.5];
         // k = int(0.6·5) = 3: three of the four tied magnitudes, lowest indices first
-        assert_eq!(kept(&magnitude(&d[..], 0.6), &d), vec![0, 1, 2]);
+        assert_eq!(kept(&magnitude(&d[..], 0.6, Ties::Rare), &d), vec![0, 1, 2]);
     }
 
     #[test]
@@ -1017,7 +1066,7 @@ pub(crate) mod tests {
         let mut d = vec![0.25f32; n];
         d[n - 1] = 7.0; // the single largest, at the end
         let k = py_int_mul(0.6, n) as usize;
-        let m = magnitude(&d[..], 0.6);
+        let m = magnitude(&d[..], 0.6, Ties::Rare);
         let flags = m.to_vec(&d[..]);
         assert_eq!(flags.iter().filter(|f| **f).count(), k);
         assert!(flags[n - 1]);
@@ -1040,7 +1089,7 @@ pub(crate) mod tests {
         // mergekit 0.1.5 `magnitude` under torch 2.15 (CPU): 31 equal magnitudes, k = 8
         let mut d = vec![0.5f32; 32];
         d[3] = -2.0;
-        let m = magnitude(&d[..], 0.25);
+        let m = magnitude(&d[..], 0.25, Ties::Rare);
         assert!(matches!(m, Mask::Bits(_)));
         assert_eq!(kept(&m, &d), vec![3, 17, 18, 19, 20, 21, 22, 25]);
     }
@@ -1050,7 +1099,7 @@ pub(crate) mod tests {
         // mergekit 0.1.5 `magnitude_outliers(x, density=.5, gamma=.1)` under torch 2.15 (CPU)
         // with x = [1, 2, 3, 4, 1, 2, ...] (40 values): bot = 16, top = 4
         let x: Vec<f32> = (0..40).map(|i| (i % 4 + 1) as f32).collect();
-        let m = magnitude_outliers(&x[..], 0.5, 0.1).unwrap();
+        let m = magnitude_outliers(&x[..], 0.5, 0.1, Ties::Rare).unwrap();
         assert_eq!(
             kept(&m, &x),
             vec![
@@ -1115,7 +1164,7 @@ pub(crate) mod tests {
     fn magnitude_k_zero_keeps_nothing() {
         // divergence: mergekit asserts k > 0
         let d = [1.0f32, 2.0, 3.0];
-        let m = magnitude(&d[..], 0.2); // int(0.6) = 0
+        let m = magnitude(&d[..], 0.2, Ties::Rare); // int(0.6) = 0
         assert!(kept(&m, &d).is_empty());
     }
 
@@ -1125,7 +1174,7 @@ pub(crate) mod tests {
         let d: Vec<f32> = (1..=10)
             .map(|i| if i % 2 == 0 { -(i as f32) } else { i as f32 })
             .collect();
-        let m = magnitude_outliers(&d[..], 0.5, 0.1).unwrap();
+        let m = magnitude_outliers(&d[..], 0.5, 0.1, Ties::Rare).unwrap();
         let vals: Vec<f32> = kept(&m, &d).iter().map(|&i| d[i].abs()).collect();
         assert_eq!(vals, vec![5.0, 6.0, 7.0, 8.0, 9.0]);
     }
@@ -1134,18 +1183,18 @@ pub(crate) mod tests {
     fn breadcrumbs_zero_gamma_keeps_top_density() {
         // divergence: mergekit zeroes everything when int(gamma·n) == 0
         let d: Vec<f32> = (1..=50).map(|i| i as f32).collect();
-        let m = magnitude_outliers(&d[..], 0.5, 0.01).unwrap(); // int(0.5) = 0 outliers
+        let m = magnitude_outliers(&d[..], 0.5, 0.01, Ties::Rare).unwrap(); // int(0.5) = 0 outliers
         assert_eq!(kept(&m, &d), (25..50).collect::<Vec<_>>());
-        let m = magnitude_outliers(&d[..], 0.5, 0.0).unwrap();
+        let m = magnitude_outliers(&d[..], 0.5, 0.0, Ties::Rare).unwrap();
         assert_eq!(kept(&m, &d), (25..50).collect::<Vec<_>>());
-        assert!(magnitude_outliers(&d[..], 0.5, -0.1).is_err());
+        assert!(magnitude_outliers(&d[..], 0.5, -0.1, Ties::Rare).is_err());
     }
 
     #[test]
     fn breadcrumbs_fewer_outliers_when_density_high() {
         // n=10, density .95 → target 9, gamma .2 → top 2, bot = −1 → top 1, bot 0
         let d: Vec<f32> = (1..=10).map(|i| i as f32).collect();
-        let m = magnitude_outliers(&d[..], 0.95, 0.2).unwrap();
+        let m = magnitude_outliers(&d[..], 0.95, 0.2, Ties::Rare).unwrap();
         assert_eq!(kept(&m, &d), (0..9).collect::<Vec<_>>());
     }
 
@@ -1230,7 +1279,7 @@ pub(crate) mod tests {
         let n = 2 * CHUNK + 999;
         for math in [DType::BF16, DType::F32] {
             let v = noise(n, 6, math);
-            let m = magnitude_outliers(&v[..], 0.4, 0.05).unwrap();
+            let m = magnitude_outliers(&v[..], 0.4, 0.05, Ties::Rare).unwrap();
             // mergekit's ascending positions [bot, n − top)
             let top = py_int_mul(0.05, n) as usize;
             let bot = n - py_int_mul(0.4, n) as usize - top;
@@ -1249,19 +1298,46 @@ pub(crate) mod tests {
 
     #[test]
     fn magnitude_matches_the_reference() {
-        let n = 2 * CHUNK + 999;
+        let n = CHUNK + 999;
         for math in [DType::BF16, DType::F16, DType::F32] {
             let v = noise(n, 7, math);
             for density in [0.1, 0.5, 0.9] {
                 let k = py_int_mul(density, n) as usize;
-                let m = magnitude(&v[..], density);
-                assert_eq!(
-                    m.to_vec(&v[..]),
-                    torch_reference(&v, true, 0, k),
-                    "{math:?} {density}"
-                );
+                let want = torch_reference(&v, true, 0, k);
+                for ties in [Ties::Rare, Ties::Common] {
+                    let m = magnitude(&v[..], density, ties);
+                    assert_eq!(m.to_vec(&v[..]), want, "{math:?} {density} {ties:?}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn both_cut_strategies_keep_the_same_elements() {
+        // f32 values (cuts rarely split ties), bf16 values (they do), and distinct values
+        let distinct: Vec<f32> = (0..5000).map(|i| (i as f32 * 0.37).sin() + 2.0).collect();
+        for v in [
+            noise(3000, 8, DType::F32),
+            noise(3000, 9, DType::BF16),
+            distinct,
+        ] {
+            for density in [0.05, 0.5, 0.97] {
+                let a = magnitude(&v[..], density, Ties::Rare).to_vec(&v[..]);
+                let b = magnitude(&v[..], density, Ties::Common).to_vec(&v[..]);
+                assert_eq!(a, b, "magnitude {density}");
+                for gamma in [0.0, 0.01, 0.2] {
+                    let a = magnitude_outliers(&v[..], density, gamma, Ties::Rare).unwrap();
+                    let b = magnitude_outliers(&v[..], density, gamma, Ties::Common).unwrap();
+                    assert_eq!(
+                        a.to_vec(&v[..]),
+                        b.to_vec(&v[..]),
+                        "outliers {density} {gamma}"
+                    );
+                }
+            }
+        }
+        assert_eq!(Ties::of(DType::BF16), Ties::Common);
+        assert_eq!(Ties::of(DType::F32), Ties::Rare);
     }
 
     #[test]
@@ -1365,7 +1441,7 @@ pub(crate) mod tests {
         let d = &delta[..];
         let w = DType::BF16;
         let top = best(&|| {
-            magnitude(d, 0.5);
+            magnitude(d, 0.5, Ties::Common);
         });
         let dare = best(&|| {
             bernoulli(n, 0.5, w, key, 1, 0);

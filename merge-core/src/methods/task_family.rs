@@ -31,7 +31,7 @@ use super::consensus::{self, Consensus};
 use super::della_mask::{self, DellaDraw};
 use super::rng::RngKey;
 use super::round::{Round, with_round};
-use super::sparsify::{self, CHUNK, Delta, Mask, Values, round_scalar};
+use super::sparsify::{self, CHUNK, Delta, Mask, Ties, Values, round_scalar};
 use super::{ChunkSink, ChunkSource, MergeCtx, ParamSpec};
 use crate::exec::{recycle, scratch};
 use rayon::prelude::*;
@@ -192,10 +192,10 @@ impl Job<'_, '_> {
         let mut norms = None;
         let (mask, work) = match f.sparsification {
             Sparsification::None => (Mask::All, m),
-            Sparsification::Magnitude => (sparsify::magnitude(&delta, density), m),
+            Sparsification::Magnitude => (sparsify::magnitude(&delta, density, Ties::of(m)), m),
             Sparsification::MagnitudeOutliers => {
                 let gamma = inp.params.get_or("gamma", 0.01);
-                let mask = sparsify::magnitude_outliers(&delta, density, gamma)
+                let mask = sparsify::magnitude_outliers(&delta, density, gamma, Ties::of(m))
                     .map_err(|e| format!("{e} (model {})", inp.model))?;
                 (mask, m)
             }
@@ -978,7 +978,7 @@ pub(crate) mod tests {
             Mask::All,
             Mask::Top(sparsify::select_top(&data[1][..], n / 2)),
             sparsify::bernoulli(n + 64, 0.6, DType::F32, key, 2, 5),
-            sparsify::magnitude_outliers(&data[3][..], 0.5, 0.1).unwrap(),
+            sparsify::magnitude_outliers(&data[3][..], 0.5, 0.1, Ties::Rare).unwrap(),
         ];
         let prepared: Vec<Prepared> = masks
             .into_iter()
