@@ -3,6 +3,7 @@
 //! sizes — asked of the Hub before anything is downloaded ([`plan`]), and the downloads,
 //! a few files at a time, each checked before it enters the cache ([`download`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -88,6 +89,15 @@ fn push_need(out: &mut Vec<Need>, path: &str, revision: Option<&str>, dir: &Path
 /// Every hub model `recipe` names that is not a local path: inputs, LoRA adapters and the
 /// `tokenizer_source` model, each once, in recipe order.
 pub fn needs(recipe: &Recipe) -> Result<Vec<Need>, HubError> {
+    needs_at(recipe, &BTreeMap::new())
+}
+
+/// [`needs`], an input whose reference (as written) is in `commits` taken at that commit
+/// (`--locked`).
+pub fn needs_at(
+    recipe: &Recipe,
+    commits: &BTreeMap<String, String>,
+) -> Result<Vec<Need>, HubError> {
     let mut refs: Vec<ModelRef> = recipe.referenced_models();
     if let Some(t) = merge_core::vocab::VocabOptions::from_recipe(recipe)?.tokenizer
         && let merge_core::vocab::config::SourceKind::Model(r) = t.source
@@ -96,7 +106,8 @@ pub fn needs(recipe: &Recipe) -> Result<Vec<Need>, HubError> {
     }
     let mut out = Vec::new();
     for r in &refs {
-        push_need(&mut out, &r.path, r.revision.as_deref(), &recipe.dir);
+        let rev = commits.get(&r.to_string()).or(r.revision.as_ref());
+        push_need(&mut out, &r.path, rev.map(String::as_str), &recipe.dir);
         if let Some((l, rev)) = &r.lora {
             push_need(&mut out, l, rev.as_deref(), &recipe.dir);
         }

@@ -25,4 +25,4 @@ pub mod select;
 
 pub use config::HubConfig;
 pub use error::HubError;
-pub use fetch::{Need, Progress, RepoPlan, download, missing, needs, plan};
+pub use fetch::{Need, Progress, RepoPlan, download, missing, needs, needs_at, plan};

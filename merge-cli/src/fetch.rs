@@ -2,6 +2,7 @@
 //! `run`, `plan` and `batch` take before they open any model, and `check`'s note about models
 //! that are neither local nor cached. The Hub client itself is the `smelt-hub` crate (`hub/`).
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -60,9 +61,20 @@ pub fn run(a: &FetchArgs, offline: bool) -> Result<()> {
 /// error. References equal to one of `stages` (stages of a multi-recipe file, read by name)
 /// are not hub ids. Returns how many models were downloaded.
 pub fn ensure(recipes: &[&Recipe], stages: &[String], offline: bool, quiet: bool) -> Result<usize> {
+    ensure_at(recipes, stages, &BTreeMap::new(), offline, quiet)
+}
+
+/// [`ensure`], the references in `commits` (`--locked`) taken at those commits.
+pub fn ensure_at(
+    recipes: &[&Recipe],
+    stages: &[String],
+    commits: &BTreeMap<String, String>,
+    offline: bool,
+    quiet: bool,
+) -> Result<usize> {
     let mut needs = Vec::new();
     for r in recipes {
-        needs.extend(smelt_hub::needs(r)?);
+        needs.extend(smelt_hub::needs_at(r, commits)?);
     }
     needs.retain(|n| !stages.contains(&n.id));
     let missing = smelt_hub::missing(&needs);

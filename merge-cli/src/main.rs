@@ -388,6 +388,7 @@ fn plan_options(f: &PlanFlags) -> PlanOptions {
         allow_crimes: f.allow_crimes,
         shard_size: f.out_shard_size,
         seed: f.random_seed,
+        ..PlanOptions::default()
     }
 }
 
@@ -407,7 +408,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             let recipe = load(&a.recipe, &a.recipe_flags)?;
-            fetch::ensure(&[&recipe], &[], offline, a.quiet)?;
             let opts = MergeOptions {
                 plan: plan_options(&a.plan),
                 threads: crate::threads(a.threads)?,
@@ -434,6 +434,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     })
                     .transpose()?,
             };
+            // hub models first (with --locked, at the locked commits)
+            let commits = merge::locked_plan_options(&opts).hub_commits;
+            fetch::ensure_at(&[&recipe], &[], &commits, offline, a.quiet)?;
             let bar = progress::Bar::new(a.quiet);
             let cb = |p: &merge_core::exec::Progress| bar.update(p);
             let report = merge::run(&recipe, &a.out, &opts, Some(&cb))

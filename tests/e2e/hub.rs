@@ -27,6 +27,18 @@ struct Repo {
     gated: bool,
     /// Files served with one byte changed (headers still those of the true content).
     corrupt: BTreeSet<String>,
+    /// Earlier commits, still served by their sha.
+    older: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+impl Repo {
+    /// The commit a revision names and the files at it.
+    fn at(&self, rev: &str) -> Option<(&str, &BTreeMap<String, Vec<u8>>)> {
+        if rev == "main" || rev == self.commit {
+            return Some((&self.commit, &self.files));
+        }
+        self.older.get_key_value(rev).map(|(c, f)| (c.as_str(), f))
+    }
 }
 
 /// One request the stand-in received.
@@ -76,6 +88,7 @@ fn fixture_repo(name: &str, commit_seed: u8) -> Repo {
         files,
         gated: false,
         corrupt: BTreeSet::new(),
+        older: BTreeMap::new(),
     }
 }
 
@@ -166,7 +179,12 @@ fn serve(w: &mut TcpStream, req: &Req, repos: &BTreeMap<String, Repo>) {
         let Some(repo) = repos.get(&format!("{o}/{n}")) else {
             return not_found(w);
         };
-        let Some(body) = repo.files.get(file) else {
+        // `/cdn/{id}/{file}` at the current commit, `/cdn/{id}/{commit}/{file}` at an older one
+        let (files, file) = match file.split_once('/') {
+            Some((c, f)) if repo.older.contains_key(c) => (&repo.older[c], f),
+            _ => (&repo.files, file),
+        };
+        let Some(body) = files.get(file) else {
             return not_found(w);
         };
         return serve_bytes(w, req, repo, file, body, &[]);
@@ -185,20 +203,18 @@ fn serve(w: &mut TcpStream, req: &Req, repos: &BTreeMap<String, Repo>) {
     if repo.gated && !authorized {
         return respond(w, "401 Unauthorized", &[], b"gated", head);
     }
-    let rev_ok = |rev: &str| rev == "main" || rev == repo.commit;
     if api {
         let Some(rev) = rest.strip_prefix("revision/") else {
             return not_found(w);
         };
-        if !rev_ok(rev) {
+        let Some((commit, files)) = repo.at(rev) else {
             return not_found(w);
-        }
-        let siblings: Vec<serde_json::Value> = repo
-            .files
+        };
+        let siblings: Vec<serde_json::Value> = files
             .keys()
             .map(|f| serde_json::json!({ "rfilename": f }))
             .collect();
-        let body = serde_json::json!({"id": id, "sha": repo.commit, "siblings": siblings});
+        let body = serde_json::json!({"id": id, "sha": commit, "siblings": siblings});
         return respond(
             w,
             "200 OK",
@@ -213,19 +229,24 @@ fn serve(w: &mut TcpStream, req: &Req, repos: &BTreeMap<String, Repo>) {
     let Some((rev, file)) = rest.split_once('/') else {
         return not_found(w);
     };
-    if !rev_ok(rev) {
-        return not_found(w);
-    }
-    let Some(body) = repo.files.get(file) else {
+    let Some((commit, files)) = repo.at(rev) else {
         return not_found(w);
     };
-    let mut hs = vec![("X-Repo-Commit".to_string(), repo.commit.clone())];
+    let Some(body) = files.get(file) else {
+        return not_found(w);
+    };
+    let mut hs = vec![("X-Repo-Commit".to_string(), commit.to_string())];
     if is_lfs(file) {
         let sha = hex(body);
         hs.push(("ETag".into(), format!("\"{sha}\"")));
         hs.push(("X-Linked-Etag".into(), format!("\"{sha}\"")));
         hs.push(("X-Linked-Size".into(), body.len().to_string()));
-        hs.push(("Location".into(), format!("/cdn/{id}/{file}")));
+        let at = if commit == repo.commit {
+            String::new()
+        } else {
+            format!("{commit}/")
+        };
+        hs.push(("Location".into(), format!("/cdn/{id}/{at}{file}")));
         return respond(w, "302 Found", &hs, b"", head);
     }
     hs.push(("ETag".into(), format!("\"{}\"", &hex(body)[..40])));
@@ -729,4 +750,111 @@ fn stages_of_a_multi_recipe_file_are_not_hub_ids() {
         .unwrap();
     assert_ok(&o);
     assert!(tmp.path().join("final/model.safetensors").is_file());
+}
+
+#[test]
+fn lock_records_commits_and_locked_fetches_exactly_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let r = recipe_for(tmp.path(), "hub.yml", "tiny/base", "tiny/ft1", "tiny/ft2");
+    let lock = tmp.path().join("hub.lock");
+    let out1 = tmp.path().join("out1");
+    {
+        let hub = FakeHub::start(hub_repos());
+        let o = hub_smelt(
+            &hub,
+            &cache,
+            &[
+                "run",
+                "-q",
+                r.to_str().unwrap(),
+                out1.to_str().unwrap(),
+                "--lock",
+                lock.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert_ok(&o);
+    }
+    let l: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lock).unwrap()).unwrap();
+    let commit_of = |reference: &str| {
+        l["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["reference"] == reference)
+            .and_then(|i| i["commit"].as_str())
+            .map(String::from)
+    };
+    let old = "b2".repeat(20);
+    assert_eq!(commit_of("tiny/ft1").as_deref(), Some(old.as_str()));
+    assert_eq!(commit_of("tiny/base"), Some("a1".repeat(20)));
+    // ft1's main moves on (ft3's weights); the old commit is still on the Hub
+    let mut repos = hub_repos();
+    let ft1 = repos.get_mut("tiny/ft1").unwrap();
+    let before = ft1.files.clone();
+    ft1.older.insert(old.clone(), before);
+    ft1.commit = "e5".repeat(20);
+    ft1.files = fixture_repo("ft3", 0xe5).files;
+    let hub = FakeHub::start(repos);
+    // with a fresh cache, --locked downloads exactly the locked commits and rebuilds the merge
+    let cache2 = tmp.path().join("cache2");
+    let out2 = tmp.path().join("out2");
+    let o = hub_smelt(
+        &hub,
+        &cache2,
+        &[
+            "run",
+            r.to_str().unwrap(),
+            out2.to_str().unwrap(),
+            "--locked",
+            lock.to_str().unwrap(),
+        ],
+        None,
+    );
+    let e = assert_ok(&o);
+    assert!(e.contains(&format!("tiny/ft1@{old}")), "{e}");
+    assert!(
+        hub.requests()
+            .iter()
+            .any(|q| q.path == format!("/api/models/tiny/ft1/revision/{old}"))
+    );
+    assert!(
+        !hub.requests()
+            .iter()
+            .any(|q| q.path.ends_with("/revision/main")),
+        "{:?}",
+        hub.requests()
+    );
+    assert_eq!(merged_files(&out1), merged_files(&out2));
+    // the locked commit is cached without moving refs/main
+    assert!(!cache2.join("models--tiny--ft1/refs/main").exists());
+    // without --locked, main is what it is now: a different merge
+    let out3 = tmp.path().join("out3");
+    assert_ok(&hub_smelt(
+        &hub,
+        &cache2,
+        &["run", "-q", r.to_str().unwrap(), out3.to_str().unwrap()],
+        None,
+    ));
+    assert_ne!(merged_files(&out1), merged_files(&out3));
+    // and --locked still uses the locked commit from the cache when main has moved in it
+    let out4 = tmp.path().join("out4");
+    hub.clear();
+    assert_ok(&hub_smelt(
+        &hub,
+        &cache2,
+        &[
+            "run",
+            "-q",
+            r.to_str().unwrap(),
+            out4.to_str().unwrap(),
+            "--locked",
+            lock.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(hub.requests().is_empty(), "{:?}", hub.requests());
+    assert_eq!(merged_files(&out1), merged_files(&out4));
 }
