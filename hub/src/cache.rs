@@ -7,6 +7,7 @@
 //!   blobs/<etag>.incomplete       a download in progress (resumed with a Range request)
 //!   snapshots/<commit>/<file>     symlink to ../../blobs/<etag>
 //!   refs/<revision>               the commit a branch or tag pointed to
+//! .locks/models--org--name/<etag>.lock   held while the blob is written
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,15 @@ pub fn incomplete(cache: &Path, id: &str, etag: &str) -> PathBuf {
     repo_dir(cache, id)
         .join("blobs")
         .join(format!("{etag}.incomplete"))
+}
+
+/// The lock file taken while a blob is written:
+/// `.locks/models--org--name/<etag>.lock`, where huggingface_hub takes it.
+pub fn lock_file(cache: &Path, id: &str, etag: &str) -> PathBuf {
+    cache
+        .join(".locks")
+        .join(format!("models--{}", id.replace('/', "--")))
+        .join(format!("{etag}.lock"))
 }
 
 /// The snapshot folder of a commit.

@@ -187,14 +187,40 @@ impl Client {
         Ok(RepoInfo { sha, files })
     }
 
-    /// `HEAD` of a file (redirects to the storage not followed: the Hub's own answer carries
-    /// the linked ETag and size).
+    /// `scheme://host[:port]` of the endpoint.
+    fn origin(&self) -> &str {
+        let after = self.endpoint.find("://").map_or(0, |i| i + 3);
+        match self.endpoint[after..].find('/') {
+            Some(i) => &self.endpoint[..after + i],
+            None => &self.endpoint,
+        }
+    }
+
+    /// `HEAD` of a file. Redirects to the storage are not followed (the Hub's own answer
+    /// carries the linked ETag and size); redirects within the Hub (a renamed repository, a
+    /// file served from elsewhere on the Hub: a relative `Location`) are, as
+    /// huggingface_hub does.
     pub fn file_meta(&self, id: &str, rev: &str, file: &str) -> Result<FileMeta, HubError> {
-        let url = self.resolve_url(id, rev, file);
-        let resp = self
-            .auth(self.head_agent.head(&url))
-            .call()
-            .map_err(|e| Self::net(id, &url, e))?;
+        let mut url = self.resolve_url(id, rev, file);
+        let mut hops = 0;
+        let resp = loop {
+            let resp = self
+                .auth(self.head_agent.head(&url))
+                .call()
+                .map_err(|e| Self::net(id, &url, e))?;
+            let relative = header(&resp, "location").filter(|l| l.starts_with('/'));
+            match relative {
+                Some(loc)
+                    if resp.status().is_redirection()
+                        && header(&resp, "x-linked-etag").is_none()
+                        && hops < 5 =>
+                {
+                    hops += 1;
+                    url = format!("{}{loc}", self.origin());
+                }
+                _ => break resp,
+            }
+        };
         let status = resp.status().as_u16();
         if !(200..400).contains(&status) {
             return Err(self.status_error(id, rev, Some(file), &url, status));

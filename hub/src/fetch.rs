@@ -243,6 +243,16 @@ fn fetch_file(
     if blob.is_file() {
         return Ok(());
     }
+    // one writer per blob, across processes (huggingface_hub takes the same lock file)
+    let lock_path = cache::lock_file(&cfg.cache, id, &f.meta.etag);
+    let lock_dir = lock_path.parent().expect("locks folder");
+    std::fs::create_dir_all(lock_dir).map_err(|e| HubError::io(lock_dir, e))?;
+    let lock = std::fs::File::create(&lock_path).map_err(|e| HubError::io(&lock_path, e))?;
+    lock.lock().map_err(|e| HubError::io(&lock_path, e))?;
+    if blob.is_file() {
+        // another process finished it while we waited
+        return Ok(());
+    }
     let part = cache::incomplete(&cfg.cache, id, &f.meta.etag);
     let dir = part.parent().expect("blobs folder");
     std::fs::create_dir_all(dir).map_err(|e| HubError::io(dir, e))?;

@@ -160,6 +160,16 @@ fn serve(w: &mut TcpStream, req: &Req, repos: &BTreeMap<String, Repo>) {
     let authorized = req.auth.as_deref() == Some(&format!("Bearer {TOKEN}"));
     let not_found = |w: &mut TcpStream| respond(w, "404 Not Found", &[], b"not found", head);
     let path = req.path.as_str();
+    // a renamed repository: the Hub redirects (relative Location) to the new name
+    for (from, to) in [
+        ("/api/models/renamed/ft1/", "/api/models/tiny/ft1/"),
+        ("/renamed/ft1/", "/tiny/ft1/"),
+    ] {
+        if let Some(rest) = path.strip_prefix(from) {
+            let hs = [("Location".to_string(), format!("{to}{rest}"))];
+            return respond(w, "307 Temporary Redirect", &hs, b"", head);
+        }
+    }
     // /cdn/{org}/{name}/{file}: the storage an LFS file is redirected to (no token needed)
     let (id, rest, api) = if let Some(p) = path.strip_prefix("/api/models/") {
         let mut it = p.splitn(3, '/');
@@ -857,4 +867,33 @@ fn lock_records_commits_and_locked_fetches_exactly_them() {
     ));
     assert!(hub.requests().is_empty(), "{:?}", hub.requests());
     assert_eq!(merged_files(&out1), merged_files(&out4));
+}
+
+#[test]
+fn a_renamed_repository_is_followed() {
+    let hub = FakeHub::start(hub_repos());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let r = recipe_for(
+        tmp.path(),
+        "hub.yml",
+        "tiny/base",
+        "renamed/ft1",
+        "tiny/ft2",
+    );
+    assert_ok(&hub_smelt(
+        &hub,
+        &cache,
+        &["fetch", "-q", r.to_str().unwrap()],
+        None,
+    ));
+    let snap = cache
+        .join("models--renamed--ft1/snapshots")
+        .join("b2".repeat(20));
+    assert_eq!(
+        std::fs::read(snap.join("model.safetensors")).unwrap(),
+        std::fs::read(fixtures().join("models/tiny-llama/ft1/model.safetensors")).unwrap()
+    );
+    // the lock files huggingface_hub also takes, one per blob
+    assert!(cache.join(".locks/models--renamed--ft1").is_dir());
 }
