@@ -36,9 +36,10 @@ impl Need {
         self.revision.as_deref().unwrap_or("main")
     }
 
-    /// Whether the local cache has it.
+    /// Whether the local cache has it, weights included (a snapshot holding only
+    /// `config.json`, as `AutoConfig` leaves it, is not enough).
     pub fn cached(&self) -> bool {
-        hub::find(&self.id, self.revision.as_deref()).is_ok()
+        hub::find(&self.id, self.revision.as_deref()).is_ok_and(|dir| has_weights(&dir))
     }
 
     /// `model `x` not found: looked in ...`, with the cache folders.
@@ -57,6 +58,29 @@ impl Need {
             looked.join(", ")
         )
     }
+}
+
+/// Whether a snapshot folder holds weights smelt can open: a single file, or an index with
+/// every shard it lists, or a LoRA adapter.
+pub fn has_weights(dir: &Path) -> bool {
+    for (index, single) in [
+        (select::ST_INDEX, "model.safetensors"),
+        (select::BIN_INDEX, "pytorch_model.bin"),
+    ] {
+        if dir.join(single).is_file() {
+            return true;
+        }
+        if let Some(v) = std::fs::read_to_string(dir.join(index))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        {
+            let shards = select::index_shards(&v);
+            return !shards.is_empty() && shards.iter().all(|s| dir.join(s).is_file());
+        }
+    }
+    ["adapter_model.safetensors", "adapter_model.bin"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
 }
 
 fn push_need(out: &mut Vec<Need>, path: &str, revision: Option<&str>, dir: &Path) {
@@ -364,5 +388,27 @@ pub fn download(
         0 => Ok(()),
         1 => Err(errors.pop().expect("one error")),
         _ => Err(HubError::Several(errors)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_make_a_snapshot_complete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("config.json"), "{}").unwrap();
+        assert!(!has_weights(d));
+        std::fs::write(
+            d.join(select::ST_INDEX),
+            r#"{"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}"#,
+        )
+        .unwrap();
+        std::fs::write(d.join("m-1.safetensors"), "").unwrap();
+        assert!(!has_weights(d));
+        std::fs::write(d.join("m-2.safetensors"), "").unwrap();
+        assert!(has_weights(d));
     }
 }

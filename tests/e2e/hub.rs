@@ -897,3 +897,33 @@ fn a_renamed_repository_is_followed() {
     // the lock files huggingface_hub also takes, one per blob
     assert!(cache.join(".locks/models--renamed--ft1").is_dir());
 }
+
+#[test]
+fn a_snapshot_without_weights_is_completed() {
+    let hub = FakeHub::start(hub_repos());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    // what transformers' AutoConfig leaves: the commit, refs/main and config.json only
+    let repo = cache.join("models--tiny--ft1");
+    let snap = repo.join("snapshots").join("b2".repeat(20));
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "b2".repeat(20)).unwrap();
+    std::fs::copy(
+        fixtures().join("models/tiny-llama/ft1/config.json"),
+        snap.join("config.json"),
+    )
+    .unwrap();
+    let r = recipe_for(tmp.path(), "hub.yml", "tiny/base", "tiny/ft1", "tiny/ft2");
+    let e = assert_ok(&hub_smelt(
+        &hub,
+        &cache,
+        &["fetch", r.to_str().unwrap()],
+        None,
+    ));
+    assert!(
+        e.contains("3 models are not in the Hugging Face cache"),
+        "{e}"
+    );
+    assert!(snap.join("model.safetensors").is_file());
+}
