@@ -243,7 +243,7 @@ pub fn summary(stages: &[Stage], results: &[StageResult]) -> String {
 }
 
 /// Runs `smelt batch`.
-pub fn run(a: &BatchArgs) -> Result<ExitCode> {
+pub fn run(a: &BatchArgs, offline: bool) -> Result<ExitCode> {
     let opts = BatchOptions {
         intermediate_dir: a.intermediate_dir.clone(),
         out_path: a.out_path.clone(),
@@ -260,6 +260,8 @@ pub fn run(a: &BatchArgs) -> Result<ExitCode> {
         parse: a.recipe_flags.options(),
     };
     let b = Batch::load(&a.files, &opts)?;
+    let recipes: Vec<&Recipe> = b.stages.iter().map(|s| &s.recipe).collect();
+    crate::fetch::ensure(&recipes, &[], offline, a.quiet)?;
     for s in &b.stages {
         for w in &s.recipe.warnings {
             eprintln!("warning: {}: {w}", s.location());

@@ -2,6 +2,7 @@
 //! prints warnings and errors; all the work happens in the library.
 
 mod batch;
+mod fetch;
 mod inspect;
 mod progress;
 
@@ -17,9 +18,25 @@ use merge_core::recipe::{ParseOptions, Recipe};
 /// smelt: merge large language models from mergekit recipes, fast and lean.
 #[derive(Parser, Debug)]
 #[command(name = "smelt", version, about, long_about = None, propagate_version = true)]
+#[command(
+    after_help = "Models from the Hub: a recipe's `org/name` (or `org/name@revision`) that is \
+neither a local path nor in the Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, \
+~/.cache/huggingface/hub) is downloaded there before the merge, from HF_ENDPOINT (default \
+https://huggingface.co) with HF_TOKEN or the token of `huggingface-cli login`; --offline or \
+HF_HUB_OFFLINE=1 forbids the network.
+
+Examples:
+  smelt run recipe.yml out/            merge (downloading missing hub models first)
+  smelt fetch recipe.yml               only download
+  smelt run --offline recipe.yml out/  local and cached models only"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Never use the network: hub models must be local or in the Hugging Face cache (also
+    /// HF_HUB_OFFLINE=1). Without it, missing hub models are downloaded (HF_ENDPOINT, HF_TOKEN).
+    #[arg(long, global = true)]
+    offline: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -47,6 +64,9 @@ enum Command {
     /// reading earlier ones by name, in dependency order; stages whose output still matches
     /// its lock are skipped; prints a summary table.
     Batch(batch::BatchArgs),
+    /// Download every hub model the recipes name into the Hugging Face cache, and merge
+    /// nothing (`run`, `plan` and `batch` download what is missing by themselves).
+    Fetch(fetch::FetchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -368,10 +388,12 @@ fn plan_options(f: &PlanFlags) -> PlanOptions {
         allow_crimes: f.allow_crimes,
         shard_size: f.out_shard_size,
         seed: f.random_seed,
+        ..PlanOptions::default()
     }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let offline = cli.offline;
     match cli.command {
         Command::Run(a) => {
             for (on, flag) in [
@@ -412,6 +434,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     })
                     .transpose()?,
             };
+            // hub models first (with --locked, at the locked commits)
+            let commits = merge::locked_plan_options(&opts).hub_commits;
+            fetch::ensure_at(&[&recipe], &[], &commits, offline, a.quiet)?;
             let bar = progress::Bar::new(a.quiet);
             let cb = |p: &merge_core::exec::Progress| bar.update(p);
             let report = merge::run(&recipe, &a.out, &opts, Some(&cb))
@@ -434,6 +459,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Plan(a) => {
             let recipe = load(&a.recipe, &a.recipe_flags)?;
+            fetch::ensure(&[&recipe], &[], offline, false)?;
             let p = merge::plan(&recipe, &plan_options(&a.plan))?;
             warn(&p.warnings);
             inspect::print_plan(&p, a.all);
@@ -442,6 +468,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(a) => {
             let mut bad = 0;
             let parse = a.recipe_flags.options();
+            let stages = fetch::stage_names(&a.recipes, &parse);
             let each = a
                 .recipes
                 .iter()
@@ -453,6 +480,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 match item.and_then(|(label, r)| Ok((plan::check_recipe(&r)?, r, label))) {
                     Ok((warnings, r, label)) => {
                         warn(&warnings);
+                        // models to download: warned about, not counted as the recipe's
+                        warn(&fetch::uncached_notes(&r, &stages));
                         println!(
                             "{label}: ok ({} merge of {} models{})",
                             r.merge_method,
@@ -477,7 +506,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Verify(a) => verify(&a),
-        Command::Batch(a) => batch::run(&a),
+        Command::Batch(a) => batch::run(&a, offline),
+        Command::Fetch(a) => {
+            fetch::run(&a, offline)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Convert(a) => {
             let files = merge_core::convert::convert(
                 &a.model,

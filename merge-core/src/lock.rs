@@ -52,6 +52,10 @@ pub struct InputRecord {
     /// Every file read from the adapter folder.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lora_files: Vec<FileRecord>,
+    /// The hub commit the model was read at, when it came from the Hugging Face cache
+    /// (`--locked` resolves the reference to this commit, downloading it if need be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// The recipe section of a lock.

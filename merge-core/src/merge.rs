@@ -166,6 +166,7 @@ pub fn hash_inputs(plan: &Plan, cache: &HashCache) -> Result<Vec<InputRecord>> {
                 .as_ref()
                 .map(|p| p.canonicalize().unwrap_or_else(|_| p.clone())),
             lora_files,
+            commit: crate::checkpoint::hub::snapshot_commit(&m.path),
         });
     }
     Ok(out)
@@ -244,7 +245,7 @@ pub fn lock_differences(
 
 /// Opens the recipe's models and builds its plan.
 pub fn plan(recipe: &Recipe, opts: &PlanOptions) -> Result<Plan> {
-    let models = plan::open_models(recipe)?;
+    let models = plan::open_models_at(recipe, &opts.hub_commits)?;
     plan::build(recipe, models, opts)
 }
 
@@ -331,6 +332,20 @@ fn write_small_files(
     Ok(files)
 }
 
+/// The plan options, with `--locked`'s hub commits added (hub inputs resolved at the locked
+/// commit rather than where their branch points now).
+pub fn locked_plan_options(opts: &MergeOptions) -> PlanOptions {
+    let mut p = opts.plan.clone();
+    for i in opts.locked.iter().flat_map(|l| &l.inputs) {
+        if let Some(c) = &i.commit {
+            p.hub_commits
+                .entry(i.reference.clone())
+                .or_insert_with(|| c.clone());
+        }
+    }
+    p
+}
+
 /// Runs `recipe` into the folder `out`.
 pub fn run(
     recipe: &Recipe,
@@ -339,7 +354,7 @@ pub fn run(
     progress: Option<&(dyn Fn(&Progress) + Sync)>,
 ) -> Result<MergeReport> {
     let start = Instant::now();
-    let plan = plan(recipe, &opts.plan)?;
+    let plan = plan(recipe, &locked_plan_options(opts))?;
     let cache = HashCache::load(opts.hash_cache.clone());
     if let Some(locked) = &opts.locked {
         let inputs = hash_inputs(&plan, &cache)?;

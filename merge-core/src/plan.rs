@@ -24,6 +24,9 @@ pub struct PlanOptions {
     pub shard_size: i64,
     /// Random seed for the random methods.
     pub seed: u64,
+    /// Hub commits to resolve references at instead of their revision, by the reference as
+    /// written (`--locked`: the commits of the lock's inputs).
+    pub hub_commits: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for PlanOptions {
@@ -32,6 +35,7 @@ impl Default for PlanOptions {
             allow_crimes: false,
             shard_size: 5_000_000_000,
             seed: DEFAULT_SEED,
+            hub_commits: Default::default(),
         }
     }
 }
@@ -205,9 +209,23 @@ fn resolve_path(
 
 /// Opens every model the recipe references (each once).
 pub fn open_models(recipe: &Recipe) -> Result<Vec<PlanModel>> {
+    open_models_at(recipe, &Default::default())
+}
+
+/// [`open_models`], hub ids whose reference is in `commits` resolved at that commit.
+pub fn open_models_at(
+    recipe: &Recipe,
+    commits: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<PlanModel>> {
     let mut out = Vec::new();
     for r in recipe.referenced_models() {
-        let path = resolve_model(&r, &recipe.dir)?;
+        let rev = commits.get(&r.to_string()).or(r.revision.as_ref());
+        let path = resolve_path(
+            &r.path,
+            rev.map(String::as_str),
+            &r.to_string(),
+            &recipe.dir,
+        )?;
         let mut checkpoint = Checkpoint::open(&path, &r.to_string())?;
         let mut lora_path = None;
         if let Some((l, rev)) = &r.lora {

@@ -8,6 +8,7 @@ mod determinism;
 mod digests;
 mod errors;
 mod gguf_run;
+mod hub;
 mod inputs;
 mod interrupt;
 mod lock;

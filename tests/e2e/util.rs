@@ -22,6 +22,8 @@ pub fn fixtures() -> PathBuf {
 pub fn smelt() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_smelt"));
     c.env_remove("SMELT_THREADS");
+    // never reach the real Hub: a test that downloads points HF_ENDPOINT at its own stand-in
+    c.env("HF_HUB_OFFLINE", "1");
     // keep the tests' digest cache out of the user's cache folder
     c.env(
         "SMELT_CACHE_DIR",

@@ -43,6 +43,22 @@ pub fn find_in(cache: &Path, id: &str, revision: Option<&str>) -> Option<PathBuf
     snap.is_dir().then_some(snap)
 }
 
+/// The commit of a cache snapshot (`.../models--org--name/snapshots/<commit>`, or a file in
+/// it); `None` for anything else.
+pub fn snapshot_commit(path: &Path) -> Option<String> {
+    let dir = if path.is_file() { path.parent()? } else { path };
+    let commit = dir.file_name()?.to_str()?;
+    let snaps = dir.parent()?;
+    let in_repo = snaps.file_name()? == "snapshots"
+        && snaps
+            .parent()?
+            .file_name()?
+            .to_str()?
+            .starts_with("models--");
+    (in_repo && commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| commit.to_string())
+}
+
 /// Finds `id` in every cache folder; on failure, the list of places looked at.
 pub fn find(id: &str, revision: Option<&str>) -> Result<PathBuf, Vec<PathBuf>> {
     let dirs = cache_dirs();
@@ -74,6 +90,11 @@ mod tests {
             repo.join("snapshots").join(commit)
         );
         assert!(find_in(tmp.path(), "org/name", Some(commit)).is_some());
+        assert_eq!(
+            snapshot_commit(&repo.join("snapshots").join(commit)).as_deref(),
+            Some(commit)
+        );
+        assert_eq!(snapshot_commit(tmp.path()), None);
         assert!(find_in(tmp.path(), "org/name", Some("v2")).is_none());
         assert!(find_in(tmp.path(), "org/other", None).is_none());
         assert!(
