@@ -346,10 +346,7 @@ pub fn run(
         cache.save();
         let diffs = lock_differences(locked, recipe, plan.seed, &inputs);
         if !diffs.is_empty() {
-            return Err(Error::Plan(format!(
-                "the merge does not match its lock (--locked):\n  {}",
-                diffs.join("\n  ")
-            )));
+            return Err(Error::LockMismatch { differences: diffs });
         }
     }
     let inputs: Vec<PathBuf> = plan
@@ -408,9 +405,11 @@ pub fn run(
     let (merged, inputs) = std::thread::scope(|s| {
         let hashing = s.spawn(|| hash_inputs(&plan, &cache));
         let merged = exec::execute(&plan, sink, &exec_opts);
-        let hashed = hashing
-            .join()
-            .unwrap_or_else(|_| Err(Error::Plan("input hashing failed".into())));
+        let hashed = hashing.join().unwrap_or_else(|_| {
+            Err(Error::ThreadFailed {
+                what: "input hashing".into(),
+            })
+        });
         (merged, hashed)
     });
     warnings.extend(merged?);

@@ -108,14 +108,13 @@ pub fn build_vocabulary(
         })
         .collect::<Result<_>>()?;
     let Some(base_tok) = toks[base].clone() else {
-        return Err(Error::Plan(format!(
-            "the tokenizer options need the tokenizer of model `{}` (the base): {} has no tokenizer.json",
-            inputs[base].name,
-            inputs[base]
+        return Err(Error::BaseWithoutTokenizer {
+            model: inputs[base].name.clone(),
+            location: inputs[base]
                 .dir
                 .map(|d| d.display().to_string())
-                .unwrap_or_else(|| "a bare weights file".into())
-        )));
+                .unwrap_or_else(|| "a bare weights file".into()),
+        });
     };
     let base_path = base_tok.path();
     // the stripped base
@@ -169,21 +168,18 @@ pub fn build_vocabulary(
             base_tok.clone(),
         ),
         Start::Input(i) => {
-            let t = toks[*i].clone().ok_or_else(|| {
-                Error::Plan(format!(
-                    "tokenizer source `{}` has no tokenizer.json",
-                    inputs[*i].name
-                ))
-            })?;
+            let t = toks[*i]
+                .clone()
+                .ok_or_else(|| Error::TokenizerSourceWithoutTokenizer {
+                    tokenizer_source: format!("`{}`", inputs[*i].name),
+                })?;
             (Builder::new(t.json.clone(), &t.path())?, t)
         }
         Start::Dir(d) => {
-            let t = ModelTokenizer::load(d)?.ok_or_else(|| {
-                Error::Plan(format!(
-                    "tokenizer source {} has no tokenizer.json",
-                    d.display()
-                ))
-            })?;
+            let t =
+                ModelTokenizer::load(d)?.ok_or_else(|| Error::TokenizerSourceWithoutTokenizer {
+                    tokenizer_source: d.display().to_string(),
+                })?;
             (Builder::new(t.json.clone(), &t.path())?, t)
         }
         Start::Union => {
@@ -266,10 +262,12 @@ pub fn build_vocabulary(
     let mut tokens: Vec<(usize, String)> = vocab.into_iter().map(|(t, id)| (id, t)).collect();
     tokens.sort();
     if let Some((k, (id, t))) = tokens.iter().enumerate().find(|(k, (id, _))| k != id) {
-        return Err(Error::Plan(format!(
-            "the output vocabulary's ids are not contiguous: {} tokens, but token {t:?} has id {id} (expected {k})",
-            tokens.len()
-        )));
+        return Err(Error::VocabularyIdsNotContiguous {
+            tokens: tokens.len(),
+            token: t.clone(),
+            id: *id,
+            expected: k,
+        });
     }
     let tokens: Vec<String> = tokens.into_iter().map(|(_, t)| t).collect();
     let real = tokens.len();
@@ -669,10 +667,7 @@ mod tests {
         assert_eq!(v.tokens, ["<s>", "x", "q", "z", "<|im|>"]);
         // the base needs a tokenizer
         let e = build_vocabulary(&spec(&[], None), &Start::Base, &inputs, 2, &mut w).unwrap_err();
-        assert!(
-            e.to_string().contains("no tokenizer.json") || e.to_string().contains("bare weights"),
-            "{e}"
-        );
+        assert!(matches!(e, Error::BaseWithoutTokenizer { .. }), "{e}");
     }
 
     #[test]
@@ -688,6 +683,10 @@ mod tests {
         let mut w = Vec::new();
         let e =
             build_vocabulary(&spec(&[], None), &Start::Input(0), &inputs, 0, &mut w).unwrap_err();
+        assert!(
+            matches!(&e, Error::VocabularyIdsNotContiguous { token, .. } if token == "<far>"),
+            "{e}"
+        );
         assert!(e.to_string().contains("not contiguous"), "{e}");
     }
 }

@@ -84,7 +84,10 @@ pub fn build_row_map(
     let mut beyond: Vec<Vec<String>> = vec![Vec::new(); sources.len()];
     let mut short: Vec<Vec<String>> = vec![Vec::new(); sources.len()];
     let mut nowhere: Vec<String> = Vec::new();
-    let err = |m: String| Error::Plan(format!("tensor `{tensor}`: {m}"));
+    let err = |reason: String| Error::TokenRowSource {
+        tensor: tensor.to_string(),
+        reason,
+    };
     let source_of = |r: &crate::recipe::ModelRef, what: &str| -> Result<(usize, usize)> {
         let m = model_of(r).ok_or_else(|| {
             err(format!(
