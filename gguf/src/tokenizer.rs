@@ -682,6 +682,103 @@ enum ChatTemplate {
     Named(Vec<(String, String)>),
 }
 
+/// The chat template of `tokenizer_config.json` (`tc`), else of `chat_template.jinja` or
+/// `chat_template.json` in `dir`.
+fn chat_template(tc: &Value, dir: &Path) -> GgufResult<Option<ChatTemplate>> {
+    let jinja = dir.join("chat_template.jinja");
+    let json = dir.join("chat_template.json");
+    let alt = if let Ok(t) = std::fs::read_to_string(&jinja) {
+        Some(Value::String(t))
+    } else {
+        read_json(&json)?.and_then(|v| v.get("chat_template").cloned())
+    };
+    let tmpl = tc.get("chat_template").cloned().or(alt);
+    Ok(match tmpl {
+        Some(Value::String(s)) => Some(ChatTemplate::One(s)),
+        Some(Value::Array(list)) => {
+            let mut named = Vec::new();
+            for t in list {
+                if let (Some(n), Some(tt)) = (
+                    t.get("name").and_then(Value::as_str),
+                    t.get("template").and_then(Value::as_str),
+                ) {
+                    named.push((n.to_string(), tt.to_string()));
+                }
+            }
+            Some(ChatTemplate::Named(named))
+        }
+        _ => None,
+    })
+}
+
+/// The id of a `{"SpecialToken": {"id": …}}` piece of a TemplateProcessing template.
+fn special_id(v: Option<&Value>) -> Option<String> {
+    v?.get("SpecialToken")?
+        .get("id")?
+        .as_str()
+        .map(String::from)
+}
+
+/// The id (`A` or `B`) of a `{"Sequence": {"id": …}}` piece of a TemplateProcessing template.
+fn seq_id(v: Option<&Value>) -> Option<String> {
+    v?.get("Sequence")?.get("id")?.as_str().map(String::from)
+}
+
+/// What the `single` template of a TemplateProcessing said: its first and last special
+/// tokens, with the SEP and EOS tokens known so far.
+struct TemplateEnds<'a> {
+    first: &'a Option<String>,
+    last: &'a Option<String>,
+    sep: Option<&'a String>,
+    eos: Option<&'a String>,
+}
+
+impl TemplateEnds<'_> {
+    /// Whether the `pair` template puts a SEP (or EOS) between the two sequences, as
+    /// llama.cpp's converter reads it; `None` when the template does not say.
+    fn pair_adds_sep(&self, pair: &[Value]) -> Option<bool> {
+        if pair.is_empty() {
+            return None;
+        }
+        let (first, last) = (self.first, self.last);
+        let start = usize::from(first.is_some() && special_id(pair.first()) == *first);
+        let stop = if last.is_some() && special_id(pair.last()) == *last {
+            pair.len() - 1
+        } else {
+            pair.len()
+        };
+        let mid: &[Value] = if start < stop {
+            &pair[start..stop]
+        } else {
+            &[]
+        };
+        if mid.is_empty() {
+            return None;
+        }
+        let a = seq_id(mid.first());
+        let b = seq_id(mid.last());
+        if !(a.as_deref() == Some("A") && b.as_deref() == Some("B") && mid.len() > 2) {
+            return None;
+        }
+        let inner = &mid[1..mid.len() - 1];
+        let mut add_sep = false;
+        let is_sep_or_eos = |s: &String| Some(s) == self.sep || Some(s) == self.eos;
+        if let Some(e) = special_id(inner.first())
+            && is_sep_or_eos(&e)
+            && last.is_none()
+        {
+            add_sep = true;
+        }
+        if inner.len() == 2
+            && let Some(e) = special_id(inner.get(1))
+            && is_sep_or_eos(&e)
+        {
+            add_sep = true;
+        }
+        Some(add_sep)
+    }
+}
+
 const SPECIAL_TYPES: [&str; 7] = ["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
 
 impl SpecialVocab {
@@ -759,15 +856,6 @@ impl SpecialVocab {
                     if ty != "TemplateProcessing" {
                         continue;
                     }
-                    let special_id = |v: Option<&Value>| -> Option<String> {
-                        v?.get("SpecialToken")?
-                            .get("id")?
-                            .as_str()
-                            .map(String::from)
-                    };
-                    let seq_id = |v: Option<&Value>| -> Option<String> {
-                        v?.get("Sequence")?.get("id")?.as_str().map(String::from)
-                    };
                     let single: Vec<Value> = proc
                         .get("single")
                         .and_then(Value::as_array)
@@ -819,74 +907,20 @@ impl SpecialVocab {
                             sv.set_add("eos", is_eos);
                         }
                     }
-                    if !pair.is_empty() {
-                        let start =
-                            usize::from(first.is_some() && special_id(pair.first()) == first);
-                        let stop = if last.is_some() && special_id(pair.last()) == last {
-                            pair.len() - 1
-                        } else {
-                            pair.len()
-                        };
-                        let mid: &[Value] = if start < stop {
-                            &pair[start..stop]
-                        } else {
-                            &[]
-                        };
-                        if !mid.is_empty() {
-                            let a = seq_id(mid.first());
-                            let b = seq_id(mid.last());
-                            if a.as_deref() == Some("A")
-                                && b.as_deref() == Some("B")
-                                && mid.len() > 2
-                            {
-                                let inner = &mid[1..mid.len() - 1];
-                                let mut add_sep = false;
-                                let is_sep_or_eos =
-                                    |s: &String| Some(s) == sep.as_ref() || Some(s) == eos.as_ref();
-                                if let Some(e) = special_id(inner.first())
-                                    && is_sep_or_eos(&e)
-                                    && last.is_none()
-                                {
-                                    add_sep = true;
-                                }
-                                if inner.len() == 2
-                                    && let Some(e) = special_id(inner.get(1))
-                                    && is_sep_or_eos(&e)
-                                {
-                                    add_sep = true;
-                                }
-                                sv.set_add("sep", add_sep);
-                            }
-                        }
+                    let ends = TemplateEnds {
+                        first: &first,
+                        last: &last,
+                        sep: sep.as_ref(),
+                        eos: eos.as_ref(),
+                    };
+                    if let Some(add_sep) = ends.pair_adds_sep(&pair) {
+                        sv.set_add("sep", add_sep);
                     }
                 }
             }
         }
         if let Some(tc) = tc_owned.as_ref() {
-            let jinja = dir.join("chat_template.jinja");
-            let json = dir.join("chat_template.json");
-            let alt = if let Ok(t) = std::fs::read_to_string(&jinja) {
-                Some(Value::String(t))
-            } else {
-                read_json(&json)?.and_then(|v| v.get("chat_template").cloned())
-            };
-            let tmpl = tc.get("chat_template").cloned().or(alt);
-            sv.chat_template = match tmpl {
-                Some(Value::String(s)) => Some(ChatTemplate::One(s)),
-                Some(Value::Array(list)) => {
-                    let mut named = Vec::new();
-                    for t in list {
-                        if let (Some(n), Some(tt)) = (
-                            t.get("name").and_then(Value::as_str),
-                            t.get("template").and_then(Value::as_str),
-                        ) {
-                            named.push((n.to_string(), tt.to_string()));
-                        }
-                    }
-                    Some(ChatTemplate::Named(named))
-                }
-                _ => None,
-            };
+            sv.chat_template = chat_template(tc, dir)?;
             for &typ in &types {
                 if let Some(b) = tc.get(format!("add_{typ}_token")).and_then(Value::as_bool) {
                     sv.set_add(typ, b);

@@ -392,187 +392,206 @@ fn plan_options(f: &PlanFlags) -> PlanOptions {
     }
 }
 
+/// Runs the subcommand: one function per subcommand.
 fn run(cli: Cli) -> Result<ExitCode> {
     let offline = cli.offline;
     match cli.command {
-        Command::Run(a) => {
-            for (on, flag) in [
-                (a.lazy_unpickle, "--lazy-unpickle"),
-                (a.cuda, "--cuda"),
-                (a.low_cpu_memory, "--low-cpu-memory"),
-            ] {
-                if on {
-                    eprintln!(
-                        "note: {flag} is accepted for mergekit compatibility; smelt does not need it"
-                    );
-                }
-            }
-            let recipe = load(&a.recipe, &a.recipe_flags)?;
-            let opts = MergeOptions {
-                plan: plan_options(&a.plan),
-                threads: crate::threads(a.threads)?,
-                memory_budget: a.memory_budget,
-                copy_tokenizer: !a.no_copy_tokenizer,
-                write_card: !a.no_write_model_card,
-                force: a.force,
-                lock_path: a.lock.clone(),
-                locked: a
-                    .locked
-                    .as_deref()
-                    .map(merge_core::lock::Lock::read)
-                    .transpose()?,
-                hash_cache: merge_core::lock::HashCache::default_path(),
-                gguf: a
-                    .gguf
-                    .as_deref()
-                    .map(|t| -> Result<merge::GgufOptions> {
-                        Ok(merge::GgufOptions {
-                            ftype: smelt_gguf::FileType::parse(t)?,
-                            pre: a.pre.clone(),
-                            keep_safetensors: a.keep_safetensors,
-                        })
-                    })
-                    .transpose()?,
-            };
-            // hub models first (with --locked, at the locked commits)
-            let commits = merge::locked_plan_options(&opts).hub_commits;
-            fetch::ensure_at(&[&recipe], &[], &commits, offline, a.quiet)?;
-            let bar = progress::Bar::new(a.quiet);
-            let cb = |p: &merge_core::exec::Progress| bar.update(p);
-            let report = merge::run(&recipe, &a.out, &opts, Some(&cb))
-                .with_context(|| format!("merging {}", a.recipe.display()))?;
-            bar.finish();
-            if !a.quiet {
-                warn(&report.warnings);
-                let secs = report.elapsed.as_secs_f64();
-                eprintln!(
-                    "wrote {} tensors ({}) to {} in {:.1}s ({} read, {}/s)",
-                    report.tensors,
-                    progress::human(report.output_bytes),
-                    report.out.display(),
-                    secs,
-                    progress::human(report.input_bytes),
-                    progress::human((report.input_bytes as f64 / secs.max(1e-9)) as u64),
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Plan(a) => {
-            let recipe = load(&a.recipe, &a.recipe_flags)?;
-            fetch::ensure(&[&recipe], &[], offline, false)?;
-            let p = merge::plan(&recipe, &plan_options(&a.plan))?;
-            warn(&p.warnings);
-            inspect::print_plan(&p, a.all);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Check(a) => {
-            let mut bad = 0;
-            let parse = a.recipe_flags.options();
-            let stages = fetch::stage_names(&a.recipes, &parse);
-            let each = a
-                .recipes
-                .iter()
-                .flat_map(|p| match batch::recipes_in(p, &parse) {
-                    Ok(v) => v.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                });
-            for item in each {
-                match item.and_then(|(label, r)| Ok((plan::check_recipe(&r)?, r, label))) {
-                    Ok((warnings, r, label)) => {
-                        warn(&warnings);
-                        // models to download: warned about, not counted as the recipe's
-                        warn(&fetch::uncached_notes(&r, &stages));
-                        println!(
-                            "{label}: ok ({} merge of {} models{})",
-                            r.merge_method,
-                            r.referenced_models().len(),
-                            if warnings.is_empty() {
-                                String::new()
-                            } else {
-                                format!(", {} warnings", warnings.len())
-                            }
-                        );
-                    }
-                    Err(e) => {
-                        bad += 1;
-                        eprintln!("error: {e:#}");
-                    }
-                }
-            }
-            Ok(if bad == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::Run(a) => run_merge(&a, offline),
+        Command::Plan(a) => run_plan(&a, offline),
+        Command::Check(a) => run_check(&a),
+        Command::Inspect(a) => run_inspect(&a),
+        Command::Convert(a) => run_convert(&a),
         Command::Verify(a) => verify(&a),
+        Command::Quantize(a) => run_quantize(&a),
         Command::Batch(a) => batch::run(&a, offline),
         Command::Fetch(a) => {
             fetch::run(&a, offline)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Convert(a) => {
-            let files = merge_core::convert::convert(
-                &a.model,
-                Path::new("."),
-                &a.out,
-                a.out_shard_size,
-                crate::threads(a.threads)?,
-                a.force,
-            )
-            .with_context(|| format!("converting {}", a.model))?;
-            let total: u64 = files.iter().map(|f| f.size).sum();
+    }
+}
+
+/// Merges one recipe into a folder (`smelt run`), downloading missing hub models first.
+fn run_merge(a: &RunArgs, offline: bool) -> Result<ExitCode> {
+    for (on, flag) in [
+        (a.lazy_unpickle, "--lazy-unpickle"),
+        (a.cuda, "--cuda"),
+        (a.low_cpu_memory, "--low-cpu-memory"),
+    ] {
+        if on {
             eprintln!(
-                "wrote {} files ({}) to {}",
-                files.len(),
-                progress::human(total),
-                a.out.display()
+                "note: {flag} is accepted for mergekit compatibility; smelt does not need it"
             );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Inspect(a) => {
-            inspect::inspect(&a.path)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Quantize(a) => {
-            let ftype = smelt_gguf::FileType::parse(&a.ftype)?;
-            let out = match a.out.clone().or(a.output.clone()) {
-                Some(p) => p,
-                None => {
-                    let name = std::path::absolute(&a.model)?
-                        .file_name()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "model".into());
-                    PathBuf::from(format!("{name}-{}.gguf", ftype.name()))
-                }
-            };
-            if out.exists() && !a.force {
-                anyhow::bail!(
-                    "{} already exists (pass --force to replace it)",
-                    out.display()
-                );
-            }
-            let t0 = std::time::Instant::now();
-            let r = merge_core::gguf::convert_folder(
-                &a.model,
-                &out,
-                ftype,
-                a.pre.as_deref(),
-                crate::threads(a.threads)?,
-            )
-            .with_context(|| format!("converting {} to GGUF", a.model.display()))?;
-            warn(&r.notices);
-            eprintln!(
-                "wrote {} ({} {}, {} tensors, {}, pre-tokenizer {}) in {:.1}s",
-                out.display(),
-                r.arch.name(),
-                r.ftype,
-                r.tensors,
-                progress::human(r.bytes),
-                if r.pre.is_empty() { "-" } else { &r.pre },
-                t0.elapsed().as_secs_f64()
-            );
-            Ok(ExitCode::SUCCESS)
         }
     }
+    let recipe = load(&a.recipe, &a.recipe_flags)?;
+    let opts = MergeOptions {
+        plan: plan_options(&a.plan),
+        threads: crate::threads(a.threads)?,
+        memory_budget: a.memory_budget,
+        copy_tokenizer: !a.no_copy_tokenizer,
+        write_card: !a.no_write_model_card,
+        force: a.force,
+        lock_path: a.lock.clone(),
+        locked: a
+            .locked
+            .as_deref()
+            .map(merge_core::lock::Lock::read)
+            .transpose()?,
+        hash_cache: merge_core::lock::HashCache::default_path(),
+        gguf: a
+            .gguf
+            .as_deref()
+            .map(|t| -> Result<merge::GgufOptions> {
+                Ok(merge::GgufOptions {
+                    ftype: smelt_gguf::FileType::parse(t)?,
+                    pre: a.pre.clone(),
+                    keep_safetensors: a.keep_safetensors,
+                })
+            })
+            .transpose()?,
+    };
+    // hub models first (with --locked, at the locked commits)
+    let commits = merge::locked_plan_options(&opts).hub_commits;
+    fetch::ensure_at(&[&recipe], &[], &commits, offline, a.quiet)?;
+    let bar = progress::Bar::new(a.quiet);
+    let cb = |p: &merge_core::exec::Progress| bar.update(p);
+    let report = merge::run(&recipe, &a.out, &opts, Some(&cb))
+        .with_context(|| format!("merging {}", a.recipe.display()))?;
+    bar.finish();
+    if !a.quiet {
+        warn(&report.warnings);
+        let secs = report.elapsed.as_secs_f64();
+        eprintln!(
+            "wrote {} tensors ({}) to {} in {:.1}s ({} read, {}/s)",
+            report.tensors,
+            progress::human(report.output_bytes),
+            report.out.display(),
+            secs,
+            progress::human(report.input_bytes),
+            progress::human((report.input_bytes as f64 / secs.max(1e-9)) as u64),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what a recipe will compute (`smelt plan`).
+fn run_plan(a: &PlanArgs, offline: bool) -> Result<ExitCode> {
+    let recipe = load(&a.recipe, &a.recipe_flags)?;
+    fetch::ensure(&[&recipe], &[], offline, false)?;
+    let p = merge::plan(&recipe, &plan_options(&a.plan))?;
+    warn(&p.warnings);
+    inspect::print_plan(&p, a.all);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lints recipes without opening models (`smelt check`).
+fn run_check(a: &CheckArgs) -> Result<ExitCode> {
+    let mut bad = 0;
+    let parse = a.recipe_flags.options();
+    let stages = fetch::stage_names(&a.recipes, &parse);
+    let each = a
+        .recipes
+        .iter()
+        .flat_map(|p| match batch::recipes_in(p, &parse) {
+            Ok(v) => v.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        });
+    for item in each {
+        match item.and_then(|(label, r)| Ok((plan::check_recipe(&r)?, r, label))) {
+            Ok((warnings, r, label)) => {
+                warn(&warnings);
+                // models to download: warned about, not counted as the recipe's
+                warn(&fetch::uncached_notes(&r, &stages));
+                println!(
+                    "{label}: ok ({} merge of {} models{})",
+                    r.merge_method,
+                    r.referenced_models().len(),
+                    if warnings.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} warnings", warnings.len())
+                    }
+                );
+            }
+            Err(e) => {
+                bad += 1;
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Lists a checkpoint's or GGUF file's tensors (`smelt inspect`).
+fn run_inspect(a: &InspectArgs) -> Result<ExitCode> {
+    inspect::inspect(&a.path)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rewrites a checkpoint as safetensors (`smelt convert`).
+fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
+    let files = merge_core::convert::convert(
+        &a.model,
+        Path::new("."),
+        &a.out,
+        a.out_shard_size,
+        crate::threads(a.threads)?,
+        a.force,
+    )
+    .with_context(|| format!("converting {}", a.model))?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    eprintln!(
+        "wrote {} files ({}) to {}",
+        files.len(),
+        progress::human(total),
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Converts a model folder to GGUF (`smelt quantize`).
+fn run_quantize(a: &QuantizeArgs) -> Result<ExitCode> {
+    let ftype = smelt_gguf::FileType::parse(&a.ftype)?;
+    let out = match a.out.clone().or(a.output.clone()) {
+        Some(p) => p,
+        None => {
+            let name = std::path::absolute(&a.model)?
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into());
+            PathBuf::from(format!("{name}-{}.gguf", ftype.name()))
+        }
+    };
+    if out.exists() && !a.force {
+        anyhow::bail!(
+            "{} already exists (pass --force to replace it)",
+            out.display()
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let r = merge_core::gguf::convert_folder(
+        &a.model,
+        &out,
+        ftype,
+        a.pre.as_deref(),
+        crate::threads(a.threads)?,
+    )
+    .with_context(|| format!("converting {} to GGUF", a.model.display()))?;
+    warn(&r.notices);
+    eprintln!(
+        "wrote {} ({} {}, {} tensors, {}, pre-tokenizer {}) in {:.1}s",
+        out.display(),
+        r.arch.name(),
+        r.ftype,
+        r.tensors,
+        progress::human(r.bytes),
+        if r.pre.is_empty() { "-" } else { &r.pre },
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -348,7 +348,10 @@ fn execute_watched(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads)
         .build()
-        .map_err(|e| Error::Plan(format!("cannot start worker threads: {e}")))?;
+        .map_err(|e| Error::ThreadStart {
+            what: "worker threads".into(),
+            reason: e.to_string(),
+        })?;
     let threads = pool.current_num_threads();
     let _big_buffers = PoolGuard::open(opts.memory_budget);
     let budget = Budget {

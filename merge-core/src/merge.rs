@@ -356,17 +356,7 @@ pub fn run(
     let start = Instant::now();
     let plan = plan(recipe, &locked_plan_options(opts))?;
     let cache = HashCache::load(opts.hash_cache.clone());
-    if let Some(locked) = &opts.locked {
-        let inputs = hash_inputs(&plan, &cache)?;
-        cache.save();
-        let diffs = lock_differences(locked, recipe, plan.seed, &inputs);
-        if !diffs.is_empty() {
-            return Err(Error::Plan(format!(
-                "the merge does not match its lock (--locked):\n  {}",
-                diffs.join("\n  ")
-            )));
-        }
-    }
+    check_locked(&plan, recipe, opts, &cache)?;
     let inputs: Vec<PathBuf> = plan
         .models
         .iter()
@@ -385,35 +375,7 @@ pub fn run(
     let mut warnings = plan.warnings.clone();
     warnings.extend(dir.swept_notices());
     let mut files = write_small_files(&plan, recipe, opts, &dir, &name, &mut warnings)?;
-    let shards = match &opts.gguf {
-        Some(g) if !g.keep_safetensors => None,
-        _ => Some(SafetensorsWriter::create(&plan, dir.path())?),
-    };
-    let gguf = match &opts.gguf {
-        Some(g) => {
-            let file = format!("{name}-{}.gguf", g.ftype.name());
-            let sink = GgufSink::create(
-                &plan,
-                dir.path(),
-                &dir.path().join(&file),
-                g.ftype,
-                g.pre.as_deref(),
-                &name,
-            )?;
-            Some((file, sink))
-        }
-        None => None,
-    };
-    let tee;
-    let sink: &dyn TensorSink = match (&shards, &gguf) {
-        (Some(w), Some((_, g))) => {
-            tee = Tee(g, w);
-            &tee
-        }
-        (Some(w), None) => w,
-        (None, Some((_, g))) => g,
-        (None, None) => unreachable!("at least one sink"),
-    };
+    let sinks = Sinks::create(&plan, opts, &dir, &name)?;
     // inputs are hashed on a thread of their own while the merge reads them
     let exec_opts = ExecOptions {
         threads: opts.threads,
@@ -422,36 +384,18 @@ pub fn run(
     };
     let (merged, inputs) = std::thread::scope(|s| {
         let hashing = s.spawn(|| hash_inputs(&plan, &cache));
-        let merged = exec::execute(&plan, sink, &exec_opts);
-        let hashed = hashing
-            .join()
-            .unwrap_or_else(|_| Err(Error::Plan("input hashing failed".into())));
+        let merged = sinks.with_sink(|sink| exec::execute(&plan, sink, &exec_opts));
+        let hashed = hashing.join().unwrap_or_else(|_| {
+            Err(Error::ThreadFailed {
+                what: "input hashing".into(),
+            })
+        });
         (merged, hashed)
     });
     warnings.extend(merged?);
     let inputs = inputs?;
     cache.save();
-    if let Some(w) = shards {
-        files.extend(w.finish()?);
-        if let Some(idx) = output::index_json(&plan) {
-            files.push(output::write_file(
-                dir.path(),
-                "model.safetensors.index.json",
-                idx.as_bytes(),
-            )?);
-        }
-    }
-    if let Some((file, g)) = gguf {
-        g.finish()?;
-        let size = std::fs::metadata(dir.path().join(&file))
-            .map_err(|e| Error::io(dir.path().join(&file), e))?
-            .len();
-        files.push(WrittenFile {
-            name: file,
-            size,
-            sha256: None,
-        });
-    }
+    sinks.finish(&plan, dir.path(), &mut files)?;
     if !opts.copy_tokenizer && opts.gguf.is_some() && plan.tokenizer.is_none() {
         // the tokenizer was needed for the GGUF metadata only
         for f in output::TOKENIZER_FILES {
@@ -463,22 +407,6 @@ pub fn run(
         }
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
-    let outputs: Vec<FileRecord> = files
-        .par_iter()
-        .map(|f| {
-            let p = dir.path().join(&f.name);
-            let size = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
-            let sha256 = match &f.sha256 {
-                Some(h) => h.clone(),
-                None => lock::sha256_file(&p)?,
-            };
-            Ok(FileRecord {
-                name: f.name.clone(),
-                size,
-                sha256,
-            })
-        })
-        .collect::<Result<_>>()?;
     let lock = Lock {
         lock_version: lock::LOCK_VERSION,
         smelt_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -489,7 +417,7 @@ pub fn run(
         seed: plan.seed,
         options: lock_options(opts),
         inputs,
-        outputs,
+        outputs: output_records(dir.path(), &files)?,
     };
     let lock_json = lock.to_json();
     files.push(output::write_file(
@@ -514,4 +442,112 @@ pub fn run(
         elapsed: start.elapsed(),
         lock,
     })
+}
+
+/// `--locked`: hashes the inputs and refuses a merge that differs from the lock.
+fn check_locked(
+    plan: &Plan,
+    recipe: &Recipe,
+    opts: &MergeOptions,
+    cache: &HashCache,
+) -> Result<()> {
+    let Some(locked) = &opts.locked else {
+        return Ok(());
+    };
+    let inputs = hash_inputs(plan, cache)?;
+    cache.save();
+    let differences = lock_differences(locked, recipe, plan.seed, &inputs);
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::LockMismatch { differences })
+    }
+}
+
+/// Where the merged tensors go: safetensors shards, a GGUF file (its name and writer), or both.
+struct Sinks<'a> {
+    shards: Option<SafetensorsWriter<'a>>,
+    gguf: Option<(String, GgufSink<'a>)>,
+}
+
+impl<'a> Sinks<'a> {
+    /// Opens the sinks `opts` asks for in the output folder `dir` of the model `name`.
+    fn create(plan: &'a Plan, opts: &MergeOptions, dir: &OutputDir, name: &str) -> Result<Self> {
+        let shards = match &opts.gguf {
+            Some(g) if !g.keep_safetensors => None,
+            _ => Some(SafetensorsWriter::create(plan, dir.path())?),
+        };
+        let gguf = match &opts.gguf {
+            Some(g) => {
+                let file = format!("{name}-{}.gguf", g.ftype.name());
+                let sink = GgufSink::create(
+                    plan,
+                    dir.path(),
+                    &dir.path().join(&file),
+                    g.ftype,
+                    g.pre.as_deref(),
+                    name,
+                )?;
+                Some((file, sink))
+            }
+            None => None,
+        };
+        Ok(Sinks { shards, gguf })
+    }
+
+    /// Calls `f` with one sink writing to every open one.
+    fn with_sink<R>(&self, f: impl FnOnce(&dyn TensorSink) -> R) -> R {
+        match (&self.shards, &self.gguf) {
+            (Some(w), Some((_, g))) => f(&Tee(g, w)),
+            (Some(w), None) => f(w),
+            (None, Some((_, g))) => f(g),
+            (None, None) => unreachable!("at least one sink"),
+        }
+    }
+
+    /// Completes every file (and the shard index), adding them to `files`.
+    fn finish(self, plan: &Plan, dir: &Path, files: &mut Vec<WrittenFile>) -> Result<()> {
+        if let Some(w) = self.shards {
+            files.extend(w.finish()?);
+            if let Some(idx) = output::index_json(plan) {
+                files.push(output::write_file(
+                    dir,
+                    "model.safetensors.index.json",
+                    idx.as_bytes(),
+                )?);
+            }
+        }
+        if let Some((file, g)) = self.gguf {
+            g.finish()?;
+            let size = std::fs::metadata(dir.join(&file))
+                .map_err(|e| Error::io(dir.join(&file), e))?
+                .len();
+            files.push(WrittenFile {
+                name: file,
+                size,
+                sha256: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The lock's record of every file written to `dir` (hashing those not hashed while written).
+fn output_records(dir: &Path, files: &[WrittenFile]) -> Result<Vec<FileRecord>> {
+    files
+        .par_iter()
+        .map(|f| {
+            let p = dir.join(&f.name);
+            let size = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
+            let sha256 = match &f.sha256 {
+                Some(h) => h.clone(),
+                None => lock::sha256_file(&p)?,
+            };
+            Ok(FileRecord {
+                name: f.name.clone(),
+                size,
+                sha256,
+            })
+        })
+        .collect()
 }

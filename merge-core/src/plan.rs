@@ -275,11 +275,8 @@ pub fn build(recipe: &Recipe, models: Vec<PlanModel>, opts: &PlanOptions) -> Res
         models[m]
             .checkpoint
             .num_layers(arch.num_layers_key.as_deref())
-            .ok_or_else(|| {
-                Error::Plan(format!(
-                    "cannot tell how many layers model `{}` has",
-                    models[m].reference
-                ))
+            .ok_or_else(|| Error::UnknownLayerCount {
+                model: models[m].reference.to_string(),
             })
     };
 
@@ -532,20 +529,22 @@ fn resolve_arch(
             .enumerate()
             .find(|(_, d)| d.as_ref() != Some(&first))
         {
-            let msg = format!(
-                "models have different architectures: `{}` is {} but `{}` is {}",
-                models[0].reference,
+            let (first, first_arch, other, other_arch) = (
+                models[0].reference.to_string(),
                 classes[0].as_deref().unwrap_or("?"),
-                models[i].reference,
-                classes[i].as_deref().unwrap_or("?")
+                models[i].reference.to_string(),
+                classes[i].as_deref().unwrap_or("?"),
             );
             if !allow_crimes {
-                return Err(Error::Plan(format!(
-                    "{msg}; pass --allow-crimes to merge them anyway"
-                )));
+                return Err(Error::ArchitectureMismatch {
+                    first,
+                    first_arch: first_arch.into(),
+                    other,
+                    other_arch: other_arch.into(),
+                });
             }
             warnings.push(format!(
-                "{msg}; using the first model's architecture (--allow-crimes)"
+                "models have different architectures: `{first}` is {first_arch} but `{other}` is {other_arch}; using the first model's architecture (--allow-crimes)"
             ));
         }
         return Ok(first);
@@ -813,14 +812,12 @@ impl Ctx<'_> {
                     out.push((spec.name, v))
                 }
                 None if spec.required && !(scope == Scope::PerModel && is_base) => {
-                    let who = model
-                        .map(|m| format!(" for model `{}`", self.models[m].reference))
-                        .unwrap_or_default();
-                    return Err(Error::Plan(format!(
-                        "missing required parameter `{}`{who} for tensor `{oname}` (merge method `{}`)",
-                        spec.name,
-                        self.method.info().name
-                    )));
+                    return Err(Error::MissingParameter {
+                        name: spec.name.to_string(),
+                        model: model.map(|m| self.models[m].reference.to_string()),
+                        tensor: oname.to_string(),
+                        method: self.method.info().name.to_string(),
+                    });
                 }
                 None => {}
             }

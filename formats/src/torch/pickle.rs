@@ -441,201 +441,22 @@ impl Machine<'_> {
                     let v = self.pop()?;
                     return Ok(v);
                 }
-                b'(' => self.stack.push(Slot::Mark),
-                b'N' => self.push(Value::None),
-                0x88 => self.push(Value::Bool(true)),
-                0x89 => self.push(Value::Bool(false)),
-                b'J' => {
-                    let v = self.u32()? as i32;
-                    self.push(Value::Int(v as i64))
-                }
-                b'K' => {
-                    let v = self.u8()?;
-                    self.push(Value::Int(v as i64))
-                }
-                b'M' => {
-                    let v = self.u16()?;
-                    self.push(Value::Int(v as i64))
-                }
-                0x8a => {
-                    // LONG1: little-endian two's complement of n bytes.
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    if n > 8 {
-                        return self.err("integer wider than 64 bits");
-                    }
-                    let mut buf = if b.last().is_some_and(|x| x & 0x80 != 0) {
-                        [0xFFu8; 8]
-                    } else {
-                        [0u8; 8]
-                    };
-                    buf[..n].copy_from_slice(&b);
-                    self.push(Value::Int(i64::from_le_bytes(buf)))
-                }
-                b'G' => {
-                    let b = self.take(8)?;
-                    let v = f64::from_be_bytes(b.try_into().expect("8 bytes"));
-                    self.push(Value::Float(v))
-                }
-                b'X' => {
-                    let n = self.u32()? as u64;
-                    let n = self.len_of(n)?;
-                    let v = self.utf8(n)?;
-                    self.push(v)
-                }
-                0x8c => {
-                    // SHORT_BINUNICODE
-                    let n = self.u8()? as usize;
-                    let v = self.utf8(n)?;
-                    self.push(v)
-                }
-                0x8d => {
-                    // BINUNICODE8
-                    let n = self.u64()?;
-                    let n = self.len_of(n)?;
-                    let v = self.utf8(n)?;
-                    self.push(v)
-                }
-                b'T' | b'U' => {
-                    // BINSTRING / SHORT_BINSTRING (protocol 2 str from Python 2): read as text.
-                    let n = if op == b'T' {
-                        self.u32()? as u64
-                    } else {
-                        self.u8()? as u64
-                    };
-                    let n = self.len_of(n)?;
-                    let v = self.utf8(n)?;
-                    self.push(v)
-                }
-                b'B' | b'C' | 0x8e => {
-                    // BINBYTES / SHORT_BINBYTES / BINBYTES8
-                    let n = match op {
-                        b'B' => self.u32()? as u64,
-                        b'C' => self.u8()? as u64,
-                        _ => self.u64()?,
-                    };
-                    let n = self.len_of(n)?;
-                    let b: Rc<[u8]> = self.take(n)?.into();
-                    self.push(Value::Bytes(b))
-                }
-                b')' => self.push(Value::Tuple(Rc::new(Vec::new()))),
-                b']' => self.push(Value::List(Rc::new(Vec::new()))),
-                b'}' => self.push(Value::Dict(Rc::new(Vec::new()))),
-                b't' => {
-                    let (items, d) = self.pop_mark()?;
-                    self.push_d(Value::Tuple(Rc::new(items)), d)?
-                }
-                b'l' => {
-                    let (items, d) = self.pop_mark()?;
-                    self.push_d(Value::List(Rc::new(items)), d)?
-                }
-                b'd' => {
-                    let (items, d) = self.pop_mark()?;
-                    self.push(Value::Dict(Rc::new(Vec::new())));
-                    self.extend_top(items, d, true)?;
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    if self.stack.len() < n
-                        || self.stack[self.stack.len() - n..]
-                            .iter()
-                            .any(|s| matches!(s, Slot::Mark))
-                    {
-                        return self.err("TUPLE opcode with too few values on the stack");
-                    }
-                    let (items, d) = unslot(self.stack.split_off(self.stack.len() - n));
-                    self.push_d(Value::Tuple(Rc::new(items)), d)?
-                }
-                b'q' | b'r' | 0x94 => {
-                    // BINPUT / LONG_BINPUT / MEMOIZE
-                    let idx = match op {
-                        b'q' => self.u8()? as u64,
-                        b'r' => self.u32()? as u64,
-                        _ => self.memo.len() as u64,
-                    };
-                    let (v, d) = self.top_d()?;
-                    let entry = (v.clone(), *d);
-                    self.charge(1)?;
-                    self.memo.insert(idx, entry);
-                }
-                b'h' | b'j' => {
-                    let idx = if op == b'h' {
-                        self.u8()? as u64
-                    } else {
-                        self.u32()? as u64
-                    };
-                    match self.memo.get(&idx) {
-                        Some((v, d)) => {
-                            let (v, d) = (v.clone(), *d);
-                            self.charge(1)?;
-                            self.push_d(v, d)?
-                        }
-                        None => return self.err(format!("memo entry {idx} is not defined")),
-                    }
-                }
-                b'c' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    self.global(&module, &name)?;
-                }
-                0x93 => {
-                    // STACK_GLOBAL
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => self.global(&m, &n)?,
-                        _ => return self.err("STACK_GLOBAL needs two strings"),
-                    }
-                }
-                b'R' => {
-                    let (args, d) = self.pop_d()?;
-                    let func = self.pop()?;
-                    let v = self.reduce(func, args)?;
-                    self.push_d(v, d)?
-                }
-                b'Q' => {
-                    // BINPERSID
-                    let (pid, d) = self.pop_d()?;
-                    let s = persistent_storage(&pid).or_else(|e| self.err(e))?;
-                    self.push_d(Value::Storage(Rc::new(s)), d)?
-                }
-                b'b' => {
-                    // BUILD: torch state dicts only use it to attach `_metadata` to an
-                    // OrderedDict (or state to a tensor); the state is dropped.
-                    let _state = self.pop()?;
-                    match self.top()? {
-                        Value::Dict(_) | Value::Tensor(_) => {}
-                        other => {
-                            let k = other.kind();
-                            return self.err(format!("BUILD on a {k} is not supported"));
-                        }
-                    }
-                }
-                b'a' => {
-                    let (v, d) = self.pop_d()?;
-                    self.extend_top(vec![v], d + 1, false)?;
-                }
-                b'e' => {
-                    let (items, d) = self.pop_mark()?;
-                    self.extend_top(items, d, false)?;
-                }
-                b's' => {
-                    let (v, dv) = self.pop_d()?;
-                    let (k, dk) = self.pop_d()?;
-                    self.extend_top(vec![k, v], dv.max(dk) + 1, true)?;
-                }
-                b'u' => {
-                    let (items, d) = self.pop_mark()?;
-                    self.extend_top(items, d, true)?;
-                }
-                b'0' => {
-                    self.pop()?;
-                }
-                b'2' => {
-                    let (v, d) = self.top_d()?;
-                    let (v, d) = (v.clone(), *d);
-                    self.push_d(v, d)?
-                }
+                b'N' | 0x88 | 0x89 | b'J' | b'K' | b'M' | 0x8a | b'G' => self.literal(op)?,
+                b'X' | 0x8c | 0x8d | b'T' | b'U' | b'B' | b'C' | 0x8e => self.text_or_bytes(op)?,
+                b'('
+                | b')'
+                | b']'
+                | b'}'
+                | b't'
+                | b'l'
+                | b'd'
+                | 0x85..=0x87
+                | b'a'
+                | b'e'
+                | b's'
+                | b'u' => self.container(op)?,
+                b'q' | b'r' | 0x94 | b'h' | b'j' | b'0' | b'2' => self.memo_or_stack(op)?,
+                b'c' | 0x93 | b'R' | b'Q' | b'b' => self.object(op)?,
                 other => {
                     return self.err(format!(
                         "opcode 0x{other:02x} is not supported by smelt's restricted unpickler"
@@ -643,6 +464,241 @@ impl Machine<'_> {
                 }
             }
         }
+    }
+
+    /// None, booleans, integers and floats.
+    fn literal(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            b'N' => self.push(Value::None),
+            0x88 => self.push(Value::Bool(true)),
+            0x89 => self.push(Value::Bool(false)),
+            b'J' => {
+                let v = self.u32()? as i32;
+                self.push(Value::Int(v as i64))
+            }
+            b'K' => {
+                let v = self.u8()?;
+                self.push(Value::Int(v as i64))
+            }
+            b'M' => {
+                let v = self.u16()?;
+                self.push(Value::Int(v as i64))
+            }
+            0x8a => {
+                // LONG1: little-endian two's complement of n bytes.
+                let n = self.u8()? as usize;
+                let b = self.take(n)?.to_vec();
+                if n > 8 {
+                    return self.err("integer wider than 64 bits");
+                }
+                let mut buf = if b.last().is_some_and(|x| x & 0x80 != 0) {
+                    [0xFFu8; 8]
+                } else {
+                    [0u8; 8]
+                };
+                buf[..n].copy_from_slice(&b);
+                self.push(Value::Int(i64::from_le_bytes(buf)))
+            }
+            b'G' => {
+                let b = self.take(8)?;
+                let v = f64::from_be_bytes(b.try_into().expect("8 bytes"));
+                self.push(Value::Float(v))
+            }
+            _ => unreachable!("opcode 0x{op:02x} is dispatched elsewhere"),
+        }
+        Ok(())
+    }
+
+    /// Strings (read as text, Python 2 ones too) and bytes.
+    fn text_or_bytes(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            b'X' => {
+                let n = self.u32()? as u64;
+                let n = self.len_of(n)?;
+                let v = self.utf8(n)?;
+                self.push(v)
+            }
+            0x8c => {
+                // SHORT_BINUNICODE
+                let n = self.u8()? as usize;
+                let v = self.utf8(n)?;
+                self.push(v)
+            }
+            0x8d => {
+                // BINUNICODE8
+                let n = self.u64()?;
+                let n = self.len_of(n)?;
+                let v = self.utf8(n)?;
+                self.push(v)
+            }
+            b'T' | b'U' => {
+                // BINSTRING / SHORT_BINSTRING (protocol 2 str from Python 2): read as text.
+                let n = if op == b'T' {
+                    self.u32()? as u64
+                } else {
+                    self.u8()? as u64
+                };
+                let n = self.len_of(n)?;
+                let v = self.utf8(n)?;
+                self.push(v)
+            }
+            b'B' | b'C' | 0x8e => {
+                // BINBYTES / SHORT_BINBYTES / BINBYTES8
+                let n = match op {
+                    b'B' => self.u32()? as u64,
+                    b'C' => self.u8()? as u64,
+                    _ => self.u64()?,
+                };
+                let n = self.len_of(n)?;
+                let b: Rc<[u8]> = self.take(n)?.into();
+                self.push(Value::Bytes(b))
+            }
+            _ => unreachable!("opcode 0x{op:02x} is dispatched elsewhere"),
+        }
+        Ok(())
+    }
+
+    /// MARK, empty and built tuples, lists and dicts, and appends to them.
+    fn container(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            b'(' => self.stack.push(Slot::Mark),
+            b')' => self.push(Value::Tuple(Rc::new(Vec::new()))),
+            b']' => self.push(Value::List(Rc::new(Vec::new()))),
+            b'}' => self.push(Value::Dict(Rc::new(Vec::new()))),
+            b't' => {
+                let (items, d) = self.pop_mark()?;
+                self.push_d(Value::Tuple(Rc::new(items)), d)?
+            }
+            b'l' => {
+                let (items, d) = self.pop_mark()?;
+                self.push_d(Value::List(Rc::new(items)), d)?
+            }
+            b'd' => {
+                let (items, d) = self.pop_mark()?;
+                self.push(Value::Dict(Rc::new(Vec::new())));
+                self.extend_top(items, d, true)?;
+            }
+            0x85..=0x87 => {
+                let n = (op - 0x84) as usize;
+                if self.stack.len() < n
+                    || self.stack[self.stack.len() - n..]
+                        .iter()
+                        .any(|s| matches!(s, Slot::Mark))
+                {
+                    return self.err("TUPLE opcode with too few values on the stack");
+                }
+                let (items, d) = unslot(self.stack.split_off(self.stack.len() - n));
+                self.push_d(Value::Tuple(Rc::new(items)), d)?
+            }
+            b'a' => {
+                let (v, d) = self.pop_d()?;
+                self.extend_top(vec![v], d + 1, false)?;
+            }
+            b'e' => {
+                let (items, d) = self.pop_mark()?;
+                self.extend_top(items, d, false)?;
+            }
+            b's' => {
+                let (v, dv) = self.pop_d()?;
+                let (k, dk) = self.pop_d()?;
+                self.extend_top(vec![k, v], dv.max(dk) + 1, true)?;
+            }
+            b'u' => {
+                let (items, d) = self.pop_mark()?;
+                self.extend_top(items, d, true)?;
+            }
+            _ => unreachable!("opcode 0x{op:02x} is dispatched elsewhere"),
+        }
+        Ok(())
+    }
+
+    /// The memo (put, get) and the stack (pop, dup).
+    fn memo_or_stack(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            b'q' | b'r' | 0x94 => {
+                // BINPUT / LONG_BINPUT / MEMOIZE
+                let idx = match op {
+                    b'q' => self.u8()? as u64,
+                    b'r' => self.u32()? as u64,
+                    _ => self.memo.len() as u64,
+                };
+                let (v, d) = self.top_d()?;
+                let entry = (v.clone(), *d);
+                self.charge(1)?;
+                self.memo.insert(idx, entry);
+            }
+            b'h' | b'j' => {
+                let idx = if op == b'h' {
+                    self.u8()? as u64
+                } else {
+                    self.u32()? as u64
+                };
+                match self.memo.get(&idx) {
+                    Some((v, d)) => {
+                        let (v, d) = (v.clone(), *d);
+                        self.charge(1)?;
+                        self.push_d(v, d)?
+                    }
+                    None => return self.err(format!("memo entry {idx} is not defined")),
+                }
+            }
+            b'0' => {
+                self.pop()?;
+            }
+            b'2' => {
+                let (v, d) = self.top_d()?;
+                let (v, d) = (v.clone(), *d);
+                self.push_d(v, d)?
+            }
+            _ => unreachable!("opcode 0x{op:02x} is dispatched elsewhere"),
+        }
+        Ok(())
+    }
+
+    /// Globals (from the allow-list only), calls, persistent ids (storages) and BUILD.
+    fn object(&mut self, op: u8) -> Result<(), PickleError> {
+        match op {
+            b'c' => {
+                let module = self.line()?;
+                let name = self.line()?;
+                self.global(&module, &name)?;
+            }
+            0x93 => {
+                // STACK_GLOBAL
+                let name = self.pop()?;
+                let module = self.pop()?;
+                match (module, name) {
+                    (Value::Str(m), Value::Str(n)) => self.global(&m, &n)?,
+                    _ => return self.err("STACK_GLOBAL needs two strings"),
+                }
+            }
+            b'R' => {
+                let (args, d) = self.pop_d()?;
+                let func = self.pop()?;
+                let v = self.reduce(func, args)?;
+                self.push_d(v, d)?
+            }
+            b'Q' => {
+                // BINPERSID
+                let (pid, d) = self.pop_d()?;
+                let s = persistent_storage(&pid).or_else(|e| self.err(e))?;
+                self.push_d(Value::Storage(Rc::new(s)), d)?
+            }
+            b'b' => {
+                // BUILD: torch state dicts only use it to attach `_metadata` to an
+                // OrderedDict (or state to a tensor); the state is dropped.
+                let _state = self.pop()?;
+                match self.top()? {
+                    Value::Dict(_) | Value::Tensor(_) => {}
+                    other => {
+                        let k = other.kind();
+                        return self.err(format!("BUILD on a {k} is not supported"));
+                    }
+                }
+            }
+            _ => unreachable!("opcode 0x{op:02x} is dispatched elsewhere"),
+        }
+        Ok(())
     }
 }
 

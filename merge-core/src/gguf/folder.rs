@@ -114,7 +114,10 @@ fn convert_folder_in_chunks(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
-        .map_err(|e| crate::Error::Plan(format!("cannot start worker threads: {e}")))?;
+        .map_err(|e| crate::Error::ThreadStart {
+            what: "worker threads".into(),
+            reason: e.to_string(),
+        })?;
     pool.install(|| {
         plan.tensors
             .par_iter()

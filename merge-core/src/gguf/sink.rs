@@ -35,11 +35,7 @@ impl<'a> GgufSink<'a> {
         pre: Option<&str>,
         name: &str,
     ) -> Result<Self> {
-        let config = plan.config.clone().ok_or_else(|| {
-            Error::Plan(
-                "a GGUF file needs the model's config.json, and the donor model has none".into(),
-            )
-        })?;
+        let config = plan.config.clone().ok_or(Error::GgufWithoutConfig)?;
         let list: Vec<HfTensor> = plan
             .tensors
             .iter()
@@ -72,11 +68,9 @@ impl<'a> GgufSink<'a> {
                 .tensors
                 .iter()
                 .position(|t| t.name == gt.source)
-                .ok_or_else(|| {
-                    Error::Plan(format!(
-                        "GGUF tensor {} has no source tensor {}",
-                        gt.name, gt.source
-                    ))
+                .ok_or_else(|| Error::GgufSourceMissing {
+                    gguf_tensor: gt.name.clone(),
+                    source_tensor: gt.source.clone(),
                 })?;
             if !plan.tensors[ti].out_dtype.is_math() {
                 return Err(GgufError::tensor(

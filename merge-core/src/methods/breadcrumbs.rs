@@ -9,7 +9,7 @@ super::task_family::family_method! {
         name: "breadcrumbs",
         pretty_name: "Model Breadcrumbs",
         url: "https://arxiv.org/abs/2312.06795",
-        extra_params: [super::ParamSpec::model("gamma", 0.01)],
+        extra_params: [super::task_family::GAMMA],
         sparsification: MagnitudeOutliers,
         consensus: false,
         normalize: false,

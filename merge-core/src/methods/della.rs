@@ -9,7 +9,7 @@ super::task_family::family_method! {
         name: "della",
         pretty_name: "DELLA",
         url: "https://arxiv.org/abs/2406.11617",
-        extra_params: [super::ParamSpec::model("epsilon", 0.15)],
+        extra_params: [super::task_family::EPSILON],
         sparsification: DellaMagprune,
         consensus: true,
         normalize: true,

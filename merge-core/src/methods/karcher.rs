@@ -26,14 +26,16 @@ use std::sync::Mutex;
 /// The Karcher mean method.
 pub struct Karcher;
 
+/// The most iterations of the mean.
+const MAX_ITER: ParamSpec = ParamSpec::global("max_iter", 10.0);
+/// The convergence tolerance.
+const TOL: ParamSpec = ParamSpec::global("tol", 1e-5);
+
 static INFO: MethodInfo = MethodInfo {
     name: "karcher",
     pretty_name: "Karcher Mean",
     url: Some("https://en.wikipedia.org/wiki/Karcher_mean"),
-    params: &[
-        ParamSpec::global("max_iter", 10.0),
-        ParamSpec::global("tol", 1e-5),
-    ],
+    params: &[MAX_ITER, TOL],
     base: BaseUse::None,
     rectify_embeddings: false,
     result_dtype: None,
@@ -54,12 +56,12 @@ impl MergeMethod for Karcher {
             out.copy_from_slice(ctx.inputs[0].data);
             return Ok(());
         }
-        let max_iter = ctx.global.get_or("max_iter", 10.0);
+        let max_iter = MAX_ITER.number(ctx.global);
         if max_iter.is_nan() || max_iter < 0.0 {
             return Err(format!("karcher: max_iter must be >= 0, got {max_iter}"));
         }
         let max_iter = max_iter as usize;
-        let tol = ctx.global.get_or("tol", 1e-5);
+        let tol = TOL.number(ctx.global);
         let m = ctx.math;
         let len = out.len();
         let xs: Vec<&[f32]> = ctx.inputs.iter().map(|i| i.data).collect();
@@ -231,12 +233,12 @@ fn karcher_stream(
     if n == 1 {
         return stream_elementwise(src, len, &[0], out, |_, x, o| o.copy_from_slice(&x[0]));
     }
-    let max_iter = ctx.global.get_or("max_iter", 10.0);
+    let max_iter = MAX_ITER.number(ctx.global);
     if max_iter.is_nan() || max_iter < 0.0 {
         return Err(format!("karcher: max_iter must be >= 0, got {max_iter}"));
     }
     let max_iter = max_iter as usize;
-    let tol = ctx.global.get_or("tol", 1e-5);
+    let tol = TOL.number(ctx.global);
     let m = ctx.math;
     let alpha = 1.0 / n as f64;
     let err = Mutex::new(None);

@@ -16,8 +16,11 @@
 //! an ordinary input that needs a weight.
 
 use super::round::{Round, with_round};
-use super::{BaseUse, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use super::{BaseUse, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec, WEIGHT};
 use crate::dtype::DType;
+
+/// Divide by the sum of the weights.
+const NORMALIZE: ParamSpec = ParamSpec::global_bool("normalize", true);
 
 /// The linear method.
 pub struct Linear;
@@ -26,10 +29,7 @@ static INFO: MethodInfo = MethodInfo {
     name: "linear",
     pretty_name: "Linear",
     url: Some("https://arxiv.org/abs/2203.05482"),
-    params: &[
-        ParamSpec::model_required("weight"),
-        ParamSpec::global_bool("normalize", true),
-    ],
+    params: &[WEIGHT, NORMALIZE],
     base: BaseUse::None,
     rectify_embeddings: true,
     result_dtype: None,
@@ -46,9 +46,9 @@ impl MergeMethod for Linear {
         let weights: Vec<f32> = ctx
             .inputs
             .iter()
-            .map(|i: &Input| weight_of(i).map(|w| w as f32))
+            .map(|i: &Input| WEIGHT.of_model(i).map(|w| w as f32))
             .collect::<Result<_, _>>()?;
-        let normalize = ctx.global.flag("normalize", true);
+        let normalize = NORMALIZE.flag(ctx.global);
         let divisor = weights.iter().fold(0.0f32, |a, w| a + w);
         if normalize && divisor == 0.0 {
             return Err(format!(
@@ -121,12 +121,6 @@ fn fma_pass_portable(w: f32, x: &[f32], acc: &mut [f32], first: bool) {
 #[target_feature(enable = "fma,avx2")]
 unsafe fn fma_pass_x86(w: f32, x: &[f32], acc: &mut [f32], first: bool) {
     fma_pass_portable(w, x, acc, first);
-}
-
-fn weight_of(i: &Input) -> Result<f64, String> {
-    i.params
-        .get("weight")
-        .ok_or_else(|| format!("missing required parameter `weight` for model {}", i.model))
 }
 
 #[cfg(test)]

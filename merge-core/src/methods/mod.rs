@@ -47,6 +47,9 @@ pub mod ties;
 pub mod torch_sort;
 pub mod vecmath;
 
+/// The per-model `weight` of the weighted methods (linear, the SLERPs, the task family).
+pub const WEIGHT: ParamSpec = ParamSpec::model_required("weight");
+
 /// Fixed chunk length (elements) for deterministic parallel reductions.
 pub const REDUCE_CHUNK: usize = 1 << 16;
 
@@ -105,6 +108,41 @@ impl ParamRange {
 }
 
 impl ParamSpec {
+    /// This parameter's value for the tensor at hand: the one resolved from the recipe, else
+    /// the declared default (`None` for an absent parameter that has no default).
+    pub fn get(&self, values: &ParamValues) -> Option<f64> {
+        values.get(self.name).or(self.default)
+    }
+
+    /// This parameter's value, for a parameter declared with a default (the planner refuses
+    /// a recipe that leaves a required one unset, so a required one always has a value too).
+    ///
+    /// # Panics
+    /// If the value is absent and the declaration has no default: a kernel reading an
+    /// optional parameter must use [`ParamSpec::get`].
+    pub fn number(&self, values: &ParamValues) -> f64 {
+        match self.get(values) {
+            Some(v) => v,
+            None => panic!("parameter `{}` has no value and no default", self.name),
+        }
+    }
+
+    /// This boolean parameter's value (non-zero is true); see [`ParamSpec::number`].
+    pub fn flag(&self, values: &ParamValues) -> bool {
+        self.number(values) != 0.0
+    }
+
+    /// This parameter's value for model `input`, or the message the kernels give when a
+    /// required per-model parameter is missing.
+    pub fn of_model(&self, input: &Input<'_>) -> Result<f64, String> {
+        self.get(input.params).ok_or_else(|| {
+            format!(
+                "missing required parameter `{}` for model {}",
+                self.name, input.model
+            )
+        })
+    }
+
     /// The same parameter, refused outside `lo..=hi`.
     pub const fn within(mut self, lo: f64, hi: f64) -> Self {
         self.range = Some(ParamRange {
@@ -229,6 +267,8 @@ pub struct MethodInfo {
 }
 
 /// Resolved parameter values for one tensor (and one model, for per-model parameters).
+/// Kernels read them through their declarations ([`ParamSpec::get`], [`ParamSpec::number`],
+/// [`ParamSpec::flag`]), so a parameter's name and default are written once.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ParamValues(pub Vec<(&'static str, f64)>);
 
@@ -236,14 +276,6 @@ impl ParamValues {
     /// The value of `name`, if set or defaulted.
     pub fn get(&self, name: &str) -> Option<f64> {
         self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
-    }
-    /// The value of `name`, or `default`.
-    pub fn get_or(&self, name: &str, default: f64) -> f64 {
-        self.get(name).unwrap_or(default)
-    }
-    /// The value of `name` read as a boolean (non-zero is true), or `default`.
-    pub fn flag(&self, name: &str, default: bool) -> bool {
-        self.get(name).map(|v| v != 0.0).unwrap_or(default)
     }
 }
 
@@ -463,6 +495,47 @@ pub fn det_sum(n: usize, f: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f6
         .map(|c| f(c * REDUCE_CHUNK..((c + 1) * REDUCE_CHUNK).min(n)))
         .collect();
     parts.into_iter().sum()
+}
+
+#[cfg(test)]
+mod param_tests {
+    use super::*;
+
+    #[test]
+    fn a_declaration_reads_the_resolved_value_else_its_default() {
+        const D: ParamSpec = ParamSpec::model("density", 1.0);
+        const N: ParamSpec = ParamSpec::global_bool("normalize", true);
+        const S: ParamSpec = ParamSpec::model_optional("scale");
+        let set = ParamValues(vec![("density", 0.25), ("normalize", 0.0), ("scale", 2.0)]);
+        let empty = ParamValues::default();
+        assert_eq!(D.number(&set), 0.25);
+        assert_eq!(D.number(&empty), 1.0);
+        assert!(!N.flag(&set));
+        assert!(N.flag(&empty));
+        assert_eq!(S.get(&set), Some(2.0));
+        assert_eq!(S.get(&empty), None);
+    }
+
+    #[test]
+    fn a_missing_required_model_parameter_names_the_model() {
+        let empty = ParamValues::default();
+        let input = Input {
+            data: &[],
+            is_base: false,
+            params: &empty,
+            model: "m1",
+        };
+        assert_eq!(
+            WEIGHT.of_model(&input).unwrap_err(),
+            "missing required parameter `weight` for model m1"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no value and no default")]
+    fn number_of_an_absent_parameter_without_default_panics() {
+        ParamSpec::model_optional("scale").number(&ParamValues::default());
+    }
 }
 
 #[cfg(test)]

@@ -26,11 +26,14 @@ pub struct ModelStock;
 /// Below this `|1 + (N−1)·c|` the ratio is undefined and the base is kept (`t = 0`).
 const SINGULAR: f64 = 1e-6;
 
+/// One interpolation ratio per row instead of per tensor.
+const FILTER_WISE: ParamSpec = ParamSpec::global_bool("filter_wise", false);
+
 static INFO: MethodInfo = MethodInfo {
     name: "model_stock",
     pretty_name: "Model Stock",
     url: Some("https://arxiv.org/abs/2403.19522"),
-    params: &[ParamSpec::global_bool("filter_wise", false)],
+    params: &[FILTER_WISE],
     base: BaseUse::Required,
     rectify_embeddings: true,
     result_dtype: None,
@@ -125,7 +128,7 @@ fn check_count(nm: usize) -> Result<(), String> {
 }
 
 fn lines_of(ctx: &MergeCtx<'_>, n: usize) -> Lines {
-    if ctx.global.flag("filter_wise", false) {
+    if FILTER_WISE.flag(ctx.global) {
         Lines::last_axis(ctx.shape)
     } else {
         Lines::flat(n)
@@ -141,7 +144,7 @@ fn ratios<F: Fn(usize, usize) -> f32>(
     make: impl Fn() -> F + Sync,
 ) -> Vec<f32> {
     let m = ctx.math;
-    let filter_wise = ctx.global.flag("filter_wise", false);
+    let filter_wise = FILTER_WISE.flag(ctx.global);
     let nf = nm as f32;
     (0..lines.count)
         .into_par_iter()

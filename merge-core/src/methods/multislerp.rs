@@ -15,22 +15,25 @@
 //! reduction order ([`super::vecmath::torch_norm`], [`super::vecmath::torch_sum`]).
 
 use super::vecmath::{Window, fill, stream_elementwise, take_err, torch_norm, torch_sum, unary};
-use super::{BaseUse, ChunkSink, ChunkSource, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use super::{
+    BaseUse, ChunkSink, ChunkSource, MergeCtx, MergeMethod, MethodInfo, ParamSpec, WEIGHT,
+};
 use crate::dtype::DType;
 use std::sync::Mutex;
 
 /// The Multi-SLERP method.
 pub struct MultiSlerp;
 
+/// Whether the weights are divided by their sum.
+const NORMALIZE_WEIGHTS: ParamSpec = ParamSpec::global_bool("normalize_weights", true);
+/// Below this norm a vector is treated as zero.
+const EPS: ParamSpec = ParamSpec::global("eps", 1e-8);
+
 static INFO: MethodInfo = MethodInfo {
     name: "multislerp",
     pretty_name: "Multi-SLERP",
     url: Some("https://goddard.blog/posts/multislerp-wow-what-a-cool-idea"),
-    params: &[
-        ParamSpec::model_required("weight"),
-        ParamSpec::global_bool("normalize_weights", true),
-        ParamSpec::global("eps", 1e-8),
-    ],
+    params: &[WEIGHT, NORMALIZE_WEIGHTS, EPS],
     base: BaseUse::Optional,
     rectify_embeddings: false,
     result_dtype: None,
@@ -224,13 +227,13 @@ fn scalars<V: Fn(usize, usize) -> f32>(
 ) -> Result<Scalars, String> {
     let m = ctx.math;
     let k = others.len();
-    let eps = ctx.global.get_or("eps", 1e-8);
+    let eps = EPS.number(ctx.global);
     let epsf = eps as f32;
     let mut w: Vec<f32> = others
         .iter()
-        .map(|&i| weight_of(&ctx.inputs[i]).map(|w| m.round(w as f32)))
+        .map(|&i| WEIGHT.of_model(&ctx.inputs[i]).map(|w| m.round(w as f32)))
         .collect::<Result<_, _>>()?;
-    if ctx.global.flag("normalize_weights", true) {
+    if NORMALIZE_WEIGHTS.flag(ctx.global) {
         let s = m.round(torch_sum(k, |i| w[i]));
         for wi in &mut w {
             *wi = m.round(*wi / s);
@@ -282,12 +285,6 @@ fn scalars<V: Fn(usize, usize) -> f32>(
         sin_over_r,
         avg_norm,
     })
-}
-
-fn weight_of(i: &Input) -> Result<f64, String> {
-    i.params
-        .get("weight")
-        .ok_or_else(|| format!("missing required parameter `weight` for model {}", i.model))
 }
 
 #[cfg(test)]

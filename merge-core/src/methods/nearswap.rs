@@ -11,11 +11,14 @@ use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 /// The NearSwap method.
 pub struct NearSwap;
 
+/// The similarity threshold.
+const T: ParamSpec = ParamSpec::global_required("t");
+
 static INFO: MethodInfo = MethodInfo {
     name: "nearswap",
     pretty_name: "NearSwap",
     url: Some("https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001"),
-    params: &[ParamSpec::global_required("t")],
+    params: &[T],
     base: BaseUse::Required,
     rectify_embeddings: false,
     result_dtype: None,
@@ -46,10 +49,7 @@ impl MergeMethod for NearSwap {
                 ));
             }
         };
-        let t = ctx
-            .global
-            .get("t")
-            .ok_or("missing required parameter `t`")? as f32;
+        let t = T.get(ctx.global).ok_or("missing required parameter `t`")? as f32;
         let m = ctx.math;
         let floor = m.round(1e-6);
         for ((o, &a), &b) in out.iter_mut().zip(base).zip(x) {

@@ -22,7 +22,9 @@
 //! `(1−t)·v₀ + t·v₁`, like `slerp` (a zero task vector then simply scales the other by `t`).
 
 use super::vecmath::{Lines, WINDOW, Window, fill, stream_elementwise, take_err, unary};
-use super::{BaseUse, ChunkSink, ChunkSource, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
+use super::{
+    BaseUse, ChunkSink, ChunkSource, Input, MergeCtx, MergeMethod, MethodInfo, ParamSpec, WEIGHT,
+};
 use crate::dtype::DType;
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -35,15 +37,16 @@ const NORM_CLAMP: f32 = 1e-7;
 /// Below this `|sin θ|` a pair counts as colinear and is lerped.
 const SIN_EPS: f64 = 1e-8;
 
+/// Interpolate whole tensors flattened to one vector.
+const FLATTEN: ParamSpec = ParamSpec::global_bool("nuslerp_flatten", true);
+/// Without flattening: interpolate rows (else columns).
+const ROW_WISE: ParamSpec = ParamSpec::global_bool("nuslerp_row_wise", false);
+
 static INFO: MethodInfo = MethodInfo {
     name: "nuslerp",
     pretty_name: "NuSLERP",
     url: None,
-    params: &[
-        ParamSpec::model_required("weight"),
-        ParamSpec::global_bool("nuslerp_flatten", true),
-        ParamSpec::global_bool("nuslerp_row_wise", false),
-    ],
+    params: &[WEIGHT, FLATTEN, ROW_WISE],
     base: BaseUse::Optional,
     rectify_embeddings: true,
     result_dtype: None,
@@ -195,9 +198,9 @@ struct Setup {
 
 impl Setup {
     fn lines(&self, ctx: &MergeCtx<'_>, n: usize) -> Lines {
-        if ctx.global.flag("nuslerp_flatten", true) {
+        if FLATTEN.flag(ctx.global) {
             Lines::flat(n)
-        } else if ctx.global.flag("nuslerp_row_wise", false) {
+        } else if ROW_WISE.flag(ctx.global) {
             Lines::first_axis(ctx.shape)
         } else {
             Lines::last_axis(ctx.shape)
@@ -221,8 +224,8 @@ fn setup(ctx: &MergeCtx<'_>) -> Result<Setup, String> {
             others.len()
         ));
     };
-    let w0 = weight_of(&ctx.inputs[x0])?;
-    let w1 = weight_of(&ctx.inputs[x1])?;
+    let w0 = WEIGHT.of_model(&ctx.inputs[x0])?;
+    let w1 = WEIGHT.of_model(&ctx.inputs[x1])?;
     let t = if (w0 + w1).abs() < 1e-6 {
         0.5
     } else {
@@ -288,12 +291,6 @@ fn combine(m: DType, c: Coeffs, v0: f32, v1: f32, b: Option<f32>) -> f32 {
         Some(b) => m.round(b + r),
         None => r,
     }
-}
-
-fn weight_of(i: &Input) -> Result<f64, String> {
-    i.params
-        .get("weight")
-        .ok_or_else(|| format!("missing required parameter `weight` for model {}", i.model))
 }
 
 #[cfg(test)]

@@ -6,11 +6,14 @@ use super::{BaseUse, MergeCtx, MergeMethod, MethodInfo, ParamSpec};
 /// The passthrough method.
 pub struct Passthrough;
 
+/// The factor the input is multiplied by, if any.
+const SCALE: ParamSpec = ParamSpec::model_optional("scale");
+
 static INFO: MethodInfo = MethodInfo {
     name: "passthrough",
     pretty_name: "Passthrough",
     url: None,
-    params: &[ParamSpec::model_optional("scale")],
+    params: &[SCALE],
     base: BaseUse::None,
     rectify_embeddings: false,
     result_dtype: None,
@@ -34,7 +37,7 @@ impl MergeMethod for Passthrough {
                     .join(", ")
             ));
         };
-        match input.params.get("scale") {
+        match SCALE.get(input.params) {
             Some(s) => {
                 let s = ctx.math.round(s as f32);
                 for (o, x) in out.iter_mut().zip(input.data) {

@@ -25,11 +25,14 @@ use rayon::prelude::*;
 /// The `ram` method.
 pub struct Ram;
 
+/// Below this magnitude a task-vector element is inactive (shared with `ramplus_tl`).
+pub(super) const EPSILON: ParamSpec = ParamSpec::global("epsilon", 1e-5);
+
 static INFO: MethodInfo = MethodInfo {
     name: "ram",
     pretty_name: "Reinforced Agent Merging",
     url: Some("https://arxiv.org/abs/2601.13572"),
-    params: &[ParamSpec::global("epsilon", 1e-5)],
+    params: &[EPSILON],
     base: BaseUse::Required,
     rectify_embeddings: false,
     result_dtype: None,
@@ -72,7 +75,7 @@ fn ram_with<R: Round>(
         return Ok(());
     }
     let nm = xs.len();
-    let eps = ctx.global.get_or("epsilon", 1e-5);
+    let eps = EPSILON.number(ctx.global);
     let eps_m = round_scalar(m, eps);
     let tau = |i: usize, j: usize| R::round(xs[i][j] - base[j]);
     let active = |t: f32| t.abs() > eps_m;

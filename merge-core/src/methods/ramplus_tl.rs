@@ -9,15 +9,16 @@ use crate::dtype::DType;
 /// The `ramplus_tl` method.
 pub struct RamPlusTl;
 
+/// The amplification strength.
+const R: ParamSpec = ParamSpec::global("r", 0.1);
+/// The clamp of the overlap ratio.
+const ALPHA: ParamSpec = ParamSpec::global("alpha", 0.2);
+
 static INFO: MethodInfo = MethodInfo {
     name: "ramplus_tl",
     pretty_name: "Reinforced Agent Merging Plus (Tensor-Local)",
     url: Some("https://arxiv.org/abs/2601.13572"),
-    params: &[
-        ParamSpec::global("r", 0.1),
-        ParamSpec::global("alpha", 0.2),
-        ParamSpec::global("epsilon", 1e-5),
-    ],
+    params: &[R, ALPHA, super::ram::EPSILON],
     base: BaseUse::Required,
     rectify_embeddings: false,
     result_dtype: Some(DType::F32),
@@ -30,8 +31,8 @@ impl MergeMethod for RamPlusTl {
     }
 
     fn merge(&self, ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String> {
-        let r = ctx.global.get_or("r", 0.1);
-        let alpha = ctx.global.get_or("alpha", 0.2);
+        let r = R.number(ctx.global);
+        let alpha = ALPHA.number(ctx.global);
         super::ram::merge_ram(ctx, out, Some((r, alpha)))
     }
 }

@@ -30,14 +30,14 @@ use std::sync::Mutex;
 /// The `sce` method.
 pub struct Sce;
 
+/// The fraction of elements kept by variance.
+const SELECT_TOPK: ParamSpec = ParamSpec::global("select_topk", 1.0);
+
 static INFO: MethodInfo = MethodInfo {
     name: "sce",
     pretty_name: "SCE",
     url: Some("https://arxiv.org/abs/2408.07990"),
-    params: &[
-        ParamSpec::global("select_topk", 1.0),
-        ParamSpec::global_bool("int8_mask", false),
-    ],
+    params: &[SELECT_TOPK, super::task_family::INT8_MASK],
     base: BaseUse::Required,
     rectify_embeddings: false,
     result_dtype: None,
@@ -197,7 +197,7 @@ fn sce_with<R: Round>(ctx: &MergeCtx<'_>, out: &mut [f32]) -> Result<(), String>
         return Ok(());
     }
     let nm = xs.len();
-    let topk = ctx.global.get_or("select_topk", 1.0);
+    let topk = SELECT_TOPK.number(ctx.global);
     let sub =
         |r: std::ops::Range<usize>| -> Vec<&[f32]> { xs.iter().map(|x| &x[r.clone()]).collect() };
 
@@ -302,7 +302,7 @@ fn sce_stream<R: Round>(
         return stream_elementwise(src, n, &[base], out, |_, x, o| o.copy_from_slice(&x[0]));
     }
     let nm = ins.len() - 1;
-    let topk = ctx.global.get_or("select_topk", 1.0);
+    let topk = SELECT_TOPK.number(ctx.global);
     let err = Mutex::new(None);
     let var = StreamVar::<R> {
         src,

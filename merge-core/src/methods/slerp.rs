@@ -41,11 +41,14 @@ const CHUNK: usize = 1 << 20;
 /// Above this `|cos θ|` the vectors count as colinear and are lerped.
 const DOT_THRESHOLD: f32 = 0.9995;
 
+/// The interpolation factor (0: the base; 1: the other model).
+const T: ParamSpec = ParamSpec::global_required("t").usually_within(0.0, 1.0);
+
 static INFO: MethodInfo = MethodInfo {
     name: "slerp",
     pretty_name: "SLERP",
     url: Some("https://en.wikipedia.org/wiki/Slerp"),
-    params: &[ParamSpec::global_required("t").usually_within(0.0, 1.0)],
+    params: &[T],
     base: BaseUse::Required,
     rectify_embeddings: true,
     result_dtype: None,
@@ -75,10 +78,7 @@ impl MergeMethod for Slerp {
             .next()
             .ok_or("slerp needs a model other than base_model")?
             .data;
-        let t = ctx
-            .global
-            .get("t")
-            .ok_or("missing required parameter `t`")?;
+        let t = T.get(ctx.global).ok_or("missing required parameter `t`")?;
         let m = ctx.math;
         let n = a.len();
         let (c0, c1) = slerp_coefficients(
@@ -126,10 +126,7 @@ impl MergeMethod for Slerp {
             .position(|i| i.is_base)
             .ok_or("slerp needs base_model to be one of its two models")?;
         let b = 1 - a;
-        let t = ctx
-            .global
-            .get("t")
-            .ok_or("missing required parameter `t`")?;
+        let t = T.get(ctx.global).ok_or("missing required parameter `t`")?;
         let m = ctx.math;
         let err = Mutex::new(None);
         let (c0, c1) = slerp_coefficients(

@@ -32,7 +32,7 @@ use super::della_mask::{self, DellaDraw};
 use super::rng::RngKey;
 use super::round::{Round, with_round};
 use super::sparsify::{self, CHUNK, Delta, Mask, Ties, Values, round_scalar};
-use super::{ChunkSink, ChunkSource, MergeCtx, ParamSpec};
+use super::{ChunkSink, ChunkSource, MergeCtx, ParamSpec, WEIGHT};
 use crate::exec::{recycle, scratch};
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -60,20 +60,31 @@ pub struct Family {
     pub sparsification: Sparsification,
     /// Whether TIES sign consensus ("sum" mode) is applied.
     pub consensus: bool,
-    /// The default of `normalize`.
-    pub default_normalize: bool,
-    /// The default of `rescale`.
-    pub default_rescale: bool,
+    /// `normalize`, with this member's default ([`normalize`]).
+    pub normalize: ParamSpec,
+    /// `rescale`, with this member's default ([`rescale`]).
+    pub rescale: ParamSpec,
 }
 
-/// The global parameters every family member reads, with a member's defaults.
-pub const fn global_params(normalize: bool, rescale: bool) -> [ParamSpec; 4] {
-    [
-        ParamSpec::global_bool("normalize", normalize),
-        ParamSpec::global_bool("rescale", rescale),
-        ParamSpec::global_bool("int8_mask", false),
-        ParamSpec::global("lambda", 1.0),
-    ]
+/// The fraction of each task vector kept (every member; 1 keeps everything).
+pub const DENSITY: ParamSpec = ParamSpec::model("density", 1.0).within(0.0, 1.0);
+/// The fraction of largest magnitudes dropped as outliers (breadcrumbs).
+pub const GAMMA: ParamSpec = ParamSpec::model("gamma", 0.01);
+/// The spread of drop probabilities around `1 − density` (DELLA).
+pub const EPSILON: ParamSpec = ParamSpec::model("epsilon", 0.15);
+/// mergekit's intermediate mask dtype: accepted and ignored.
+pub const INT8_MASK: ParamSpec = ParamSpec::global_bool("int8_mask", false);
+/// The factor the merged task vector is scaled by.
+pub const LAMBDA: ParamSpec = ParamSpec::global("lambda", 1.0);
+
+/// `normalize` (divide by the sum of the weights) with a member's default.
+pub const fn normalize(default: bool) -> ParamSpec {
+    ParamSpec::global_bool("normalize", default)
+}
+
+/// `rescale` (restore each sparsified task vector's L1 norm) with a member's default.
+pub const fn rescale(default: bool) -> ParamSpec {
+    ParamSpec::global_bool("rescale", default)
 }
 
 /// One non-base input, ready for the final pass.
@@ -83,12 +94,6 @@ struct Prepared {
     w: f32,
     mask: Mask,
     factor: Option<f32>,
-}
-
-fn param(i: &super::Input, name: &str) -> Result<f64, String> {
-    i.params
-        .get(name)
-        .ok_or_else(|| format!("missing required parameter `{name}` for model {}", i.model))
 }
 
 /// The per-tensor settings of the final pass.
@@ -123,9 +128,9 @@ fn prepare<R: Round, V: Values>(
     n: usize,
     delta: impl Fn(usize) -> V + Sync,
 ) -> Result<(Vec<Prepared>, Finish), String> {
-    let normalize = ctx.global.flag("normalize", f.default_normalize);
-    let rescale = ctx.global.flag("rescale", f.default_rescale);
-    let lambda = ctx.global.get_or("lambda", 1.0);
+    let normalize = f.normalize.flag(ctx.global);
+    let rescale = f.rescale.flag(ctx.global);
+    let lambda = LAMBDA.number(ctx.global);
     let rng = RngKey::new(ctx.seed, ctx.tensor);
     let models: Vec<usize> = (0..ctx.inputs.len())
         .filter(|&i| !ctx.inputs[i].is_base)
@@ -186,15 +191,15 @@ impl Job<'_, '_> {
         } = *self;
         let m = ctx.math;
         let inp = &ctx.inputs[idx];
-        let w = round_scalar(m, param(inp, "weight")?);
-        let density = inp.params.get_or("density", 1.0);
+        let w = round_scalar(m, WEIGHT.of_model(inp)?);
+        let density = DENSITY.number(inp.params);
         // the L1 norms, when the sparsifier gathered them on its pass over the inputs
         let mut norms = None;
         let (mask, work) = match f.sparsification {
             Sparsification::None => (Mask::All, m),
             Sparsification::Magnitude => (sparsify::magnitude(&delta, density, Ties::of(m)), m),
             Sparsification::MagnitudeOutliers => {
-                let gamma = inp.params.get_or("gamma", 0.01);
+                let gamma = GAMMA.number(inp.params);
                 let mask = sparsify::magnitude_outliers(&delta, density, gamma, Ties::of(m))
                     .map_err(|e| format!("{e} (model {})", inp.model))?;
                 (mask, m)
@@ -213,7 +218,7 @@ impl Job<'_, '_> {
                         &[]
                     },
                     density,
-                    epsilon: inp.params.get_or("epsilon", 0.15),
+                    epsilon: EPSILON.number(inp.params),
                     work,
                     key: rng,
                     model: idx as u32,
@@ -596,8 +601,8 @@ fn stream_with<R: Round>(
 }
 
 /// Defines one method of the family: its unit struct, its [`MethodInfo`] (`weight` and
-/// `density` per model, any extra per-model parameters, then [`global_params`] with the
-/// method's defaults) and its [`MergeMethod`] impl over this engine, in-memory and streaming.
+/// [`DENSITY`] per model, any extra per-model parameters, then [`normalize`] and [`rescale`]
+/// with the method's defaults, [`INT8_MASK`] and [`LAMBDA`]) and its [`MergeMethod`] impl over this engine, in-memory and streaming.
 /// Each method keeps a file of its own (its docs and tests); only this wiring is shared.
 macro_rules! family_method {
     (
@@ -617,21 +622,23 @@ macro_rules! family_method {
         $(#[$meta])*
         pub struct $ty;
 
-        const GLOBAL: [$crate::methods::ParamSpec; 4] =
-            $crate::methods::task_family::global_params($normalize, $rescale);
+        const NORMALIZE: $crate::methods::ParamSpec =
+            $crate::methods::task_family::normalize($normalize);
+        const RESCALE: $crate::methods::ParamSpec =
+            $crate::methods::task_family::rescale($rescale);
 
         static INFO: $crate::methods::MethodInfo = $crate::methods::MethodInfo {
             name: $name,
             pretty_name: $pretty,
             url: Some($url),
             params: &[
-                $crate::methods::ParamSpec::model_required("weight"),
-                $crate::methods::ParamSpec::model("density", 1.0).within(0.0, 1.0),
+                $crate::methods::WEIGHT,
+                $crate::methods::task_family::DENSITY,
                 $($extra,)*
-                GLOBAL[0],
-                GLOBAL[1],
-                GLOBAL[2],
-                GLOBAL[3],
+                NORMALIZE,
+                RESCALE,
+                $crate::methods::task_family::INT8_MASK,
+                $crate::methods::task_family::LAMBDA,
             ],
             base: $crate::methods::BaseUse::Required,
             rectify_embeddings: true,
@@ -642,8 +649,8 @@ macro_rules! family_method {
         static FAMILY: $crate::methods::task_family::Family = $crate::methods::task_family::Family {
             sparsification: $crate::methods::task_family::Sparsification::$sp,
             consensus: $consensus,
-            default_normalize: $normalize,
-            default_rescale: $rescale,
+            normalize: NORMALIZE,
+            rescale: RESCALE,
         };
 
         impl $crate::methods::MergeMethod for $ty {

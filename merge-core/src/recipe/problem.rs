@@ -289,7 +289,7 @@ mod tests {
                 kind: ProblemKind::Invalid("model `a` is listed twice".into()),
             }]
         );
-        let e = crate::error::Error::Plan("no position".into());
+        let e = crate::error::Error::GgufWithoutConfig;
         assert_eq!(from_error(e)[0].pos, Pos::default());
     }
 

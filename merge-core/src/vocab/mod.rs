@@ -108,14 +108,13 @@ pub fn build_vocabulary(
         })
         .collect::<Result<_>>()?;
     let Some(base_tok) = toks[base].clone() else {
-        return Err(Error::Plan(format!(
-            "the tokenizer options need the tokenizer of model `{}` (the base): {} has no tokenizer.json",
-            inputs[base].name,
-            inputs[base]
+        return Err(Error::BaseWithoutTokenizer {
+            model: inputs[base].name.clone(),
+            location: inputs[base]
                 .dir
                 .map(|d| d.display().to_string())
-                .unwrap_or_else(|| "a bare weights file".into())
-        )));
+                .unwrap_or_else(|| "a bare weights file".into()),
+        });
     };
     let base_path = base_tok.path();
     // the stripped base
@@ -169,109 +168,38 @@ pub fn build_vocabulary(
             base_tok.clone(),
         ),
         Start::Input(i) => {
-            let t = toks[*i].clone().ok_or_else(|| {
-                Error::Plan(format!(
-                    "tokenizer source `{}` has no tokenizer.json",
-                    inputs[*i].name
-                ))
-            })?;
+            let t = toks[*i]
+                .clone()
+                .ok_or_else(|| Error::TokenizerSourceWithoutTokenizer {
+                    tokenizer_source: format!("`{}`", inputs[*i].name),
+                })?;
             (Builder::new(t.json.clone(), &t.path())?, t)
         }
         Start::Dir(d) => {
-            let t = ModelTokenizer::load(d)?.ok_or_else(|| {
-                Error::Plan(format!(
-                    "tokenizer source {} has no tokenizer.json",
-                    d.display()
-                ))
-            })?;
+            let t =
+                ModelTokenizer::load(d)?.ok_or_else(|| Error::TokenizerSourceWithoutTokenizer {
+                    tokenizer_source: d.display().to_string(),
+                })?;
             (Builder::new(t.json.clone(), &t.path())?, t)
         }
         Start::Union => {
-            let mut order = vec![base];
-            order.extend((0..inputs.len()).filter(|&i| i != base && toks[i].is_some()));
-            let mut out_vocab: Vec<String> = Vec::new();
-            let mut seen_vocab: std::collections::HashSet<String> = Default::default();
-            let mut out_added: Vec<(String, Map<String, Json>)> = Vec::new();
-            let mut added_at: HashMap<String, usize> = HashMap::new();
-            let mut warned: std::collections::HashSet<String> = Default::default();
-            for &m in &order {
-                let j = jsons[m];
-                let vs =
-                    config_vocab_size(inputs[m].config).unwrap_or(model_vocab(j, &paths[m])?.len());
-                let added = tokenizer::added_entries(j, &paths[m])?;
-                let added_names: std::collections::HashSet<&str> =
-                    added.iter().map(|(_, c, _)| c.as_str()).collect();
-                let mut by_id: Vec<(usize, &String)> =
-                    originals[m].iter().map(|(t, id)| (*id, t)).collect();
-                by_id.sort();
-                let mut beyond = 0;
-                for (id, t) in by_id {
-                    if id >= vs {
-                        beyond += 1;
-                        continue;
-                    }
-                    if added_names.contains(t.as_str()) {
-                        continue;
-                    }
-                    if seen_vocab.insert(t.clone()) {
-                        out_vocab.push(t.clone());
-                    }
-                }
-                if beyond > 0 {
-                    warnings.push(format!(
-                        "model `{}`: {beyond} token(s) of its tokenizer sit at ids ≥ its vocab_size {vs}; left out of the union",
-                        inputs[m].name
-                    ));
-                }
-                let mut added = added;
-                added.sort_by_key(|(id, _, _)| *id);
-                for (id, c, mut e) in added {
-                    if id >= vs {
-                        continue;
-                    }
-                    e.remove("id");
-                    match added_at.get(&c) {
-                        Some(&k) => {
-                            if out_added[k].1 != e && warned.insert(c.clone()) {
-                                warnings.push(format!(
-                                    "token {c:?} is added with different settings by several models (`{}` differs); the first definition is used (base first, then recipe order)",
-                                    inputs[m].name
-                                ));
-                            }
-                        }
-                        None => {
-                            added_at.insert(c.clone(), out_added.len());
-                            out_added.push((c, e));
-                        }
-                    }
-                }
-            }
-            let mut b = Builder::new(base_json.clone(), &base_path)?;
-            let base_vocab = &originals[base];
-            for t in &out_vocab {
-                if !added_at.contains_key(t) && !base_vocab.contains_key(t) {
-                    b.add(plain_token(t));
-                }
-            }
-            for (_, e) in out_added {
-                b.add(e);
-            }
-            (b, base_tok.clone())
+            let union = Union {
+                inputs,
+                toks: &toks,
+                base,
+                jsons: &jsons,
+                paths: &paths,
+                originals: &originals,
+                base_json: &base_json,
+                base_path: &base_path,
+            };
+            (union.builder(warnings)?, base_tok.clone())
         }
     };
     for t in &spec.tokens {
         builder.add(plain_token(&t.token));
     }
-    let vocab = builder.vocab();
-    let mut tokens: Vec<(usize, String)> = vocab.into_iter().map(|(t, id)| (id, t)).collect();
-    tokens.sort();
-    if let Some((k, (id, t))) = tokens.iter().enumerate().find(|(k, (id, _))| k != id) {
-        return Err(Error::Plan(format!(
-            "the output vocabulary's ids are not contiguous: {} tokens, but token {t:?} has id {id} (expected {k})",
-            tokens.len()
-        )));
-    }
-    let tokens: Vec<String> = tokens.into_iter().map(|(_, t)| t).collect();
+    let tokens = tokens_by_id(builder.vocab())?;
     let real = tokens.len();
     let rows = match spec.pad_to_multiple_of {
         Some(p) => real.div_ceil(p) * p,
@@ -300,6 +228,111 @@ pub fn build_vocabulary(
         json: builder.finish(),
         template_source,
     })
+}
+
+/// The tokens of `vocab` (token → id) in id order; an error if the ids have a hole.
+fn tokens_by_id(vocab: HashMap<String, usize>) -> Result<Vec<String>> {
+    let mut tokens: Vec<(usize, String)> = vocab.into_iter().map(|(t, id)| (id, t)).collect();
+    tokens.sort();
+    if let Some((k, (id, t))) = tokens.iter().enumerate().find(|(k, (id, _))| k != id) {
+        return Err(Error::VocabularyIdsNotContiguous {
+            tokens: tokens.len(),
+            token: t.clone(),
+            id: *id,
+            expected: k,
+        });
+    }
+    Ok(tokens.into_iter().map(|(_, t)| t).collect())
+}
+
+/// What the union start reads of the inputs: the base's stripped tokenizer and every model's
+/// vocabulary (a model without a tokenizer.json counts as the base).
+struct Union<'a> {
+    inputs: &'a [VocabInput<'a>],
+    toks: &'a [Option<ModelTokenizer>],
+    base: usize,
+    jsons: &'a [&'a Json],
+    paths: &'a [PathBuf],
+    originals: &'a [HashMap<String, usize>],
+    base_json: &'a Json,
+    base_path: &'a Path,
+}
+
+impl Union<'_> {
+    /// The stripped base plus every model's tokens (base first, then recipe order) not at
+    /// ids beyond the model's vocab_size; an added token keeps its first definition.
+    fn builder(&self, warnings: &mut Vec<String>) -> Result<Builder> {
+        let mut order = vec![self.base];
+        order.extend((0..self.inputs.len()).filter(|&i| i != self.base && self.toks[i].is_some()));
+        let mut out_vocab: Vec<String> = Vec::new();
+        let mut seen_vocab: std::collections::HashSet<String> = Default::default();
+        let mut out_added: Vec<(String, Map<String, Json>)> = Vec::new();
+        let mut added_at: HashMap<String, usize> = HashMap::new();
+        let mut warned: std::collections::HashSet<String> = Default::default();
+        for &m in &order {
+            let j = self.jsons[m];
+            let vs = config_vocab_size(self.inputs[m].config)
+                .unwrap_or(model_vocab(j, &self.paths[m])?.len());
+            let added = tokenizer::added_entries(j, &self.paths[m])?;
+            let added_names: std::collections::HashSet<&str> =
+                added.iter().map(|(_, c, _)| c.as_str()).collect();
+            let mut by_id: Vec<(usize, &String)> =
+                self.originals[m].iter().map(|(t, id)| (*id, t)).collect();
+            by_id.sort();
+            let mut beyond = 0;
+            for (id, t) in by_id {
+                if id >= vs {
+                    beyond += 1;
+                    continue;
+                }
+                if added_names.contains(t.as_str()) {
+                    continue;
+                }
+                if seen_vocab.insert(t.clone()) {
+                    out_vocab.push(t.clone());
+                }
+            }
+            if beyond > 0 {
+                warnings.push(format!(
+                    "model `{}`: {beyond} token(s) of its tokenizer sit at ids ≥ its vocab_size {vs}; left out of the union",
+                    self.inputs[m].name
+                ));
+            }
+            let mut added = added;
+            added.sort_by_key(|(id, _, _)| *id);
+            for (id, c, mut e) in added {
+                if id >= vs {
+                    continue;
+                }
+                e.remove("id");
+                match added_at.get(&c) {
+                    Some(&k) => {
+                        if out_added[k].1 != e && warned.insert(c.clone()) {
+                            warnings.push(format!(
+                                "token {c:?} is added with different settings by several models (`{}` differs); the first definition is used (base first, then recipe order)",
+                                self.inputs[m].name
+                            ));
+                        }
+                    }
+                    None => {
+                        added_at.insert(c.clone(), out_added.len());
+                        out_added.push((c, e));
+                    }
+                }
+            }
+        }
+        let mut b = Builder::new(self.base_json.clone(), self.base_path)?;
+        let base_vocab = &self.originals[self.base];
+        for t in &out_vocab {
+            if !added_at.contains_key(t) && !base_vocab.contains_key(t) {
+                b.add(plain_token(t));
+            }
+        }
+        for (_, e) in out_added {
+            b.add(e);
+        }
+        Ok(b)
+    }
 }
 
 /// The tokenizer files a merge writes (built tokenizer).
@@ -669,10 +702,7 @@ mod tests {
         assert_eq!(v.tokens, ["<s>", "x", "q", "z", "<|im|>"]);
         // the base needs a tokenizer
         let e = build_vocabulary(&spec(&[], None), &Start::Base, &inputs, 2, &mut w).unwrap_err();
-        assert!(
-            e.to_string().contains("no tokenizer.json") || e.to_string().contains("bare weights"),
-            "{e}"
-        );
+        assert!(matches!(e, Error::BaseWithoutTokenizer { .. }), "{e}");
     }
 
     #[test]
@@ -688,6 +718,10 @@ mod tests {
         let mut w = Vec::new();
         let e =
             build_vocabulary(&spec(&[], None), &Start::Input(0), &inputs, 0, &mut w).unwrap_err();
+        assert!(
+            matches!(&e, Error::VocabularyIdsNotContiguous { token, .. } if token == "<far>"),
+            "{e}"
+        );
         assert!(e.to_string().contains("not contiguous"), "{e}");
     }
 }

@@ -81,10 +81,15 @@ pub fn build_row_map(
         spec.tokens.iter().map(|t| (t.token.as_str(), t)).collect();
     let mut defaults = Vec::new();
     let mut per: Vec<Vec<RowSrc>> = vec![Vec::with_capacity(vocab.tokens.len()); sources.len()];
-    let mut beyond: Vec<Vec<String>> = vec![Vec::new(); sources.len()];
-    let mut short: Vec<Vec<String>> = vec![Vec::new(); sources.len()];
-    let mut nowhere: Vec<String> = Vec::new();
-    let err = |m: String| Error::Plan(format!("tensor `{tensor}`: {m}"));
+    let mut unusable = Unusable {
+        beyond: vec![Vec::new(); sources.len()],
+        short: vec![Vec::new(); sources.len()],
+        nowhere: Vec::new(),
+    };
+    let err = |reason: String| Error::TokenRowSource {
+        tensor: tensor.to_string(),
+        reason,
+    };
     let source_of = |r: &crate::recipe::ModelRef, what: &str| -> Result<(usize, usize)> {
         let m = model_of(r).ok_or_else(|| {
             err(format!(
@@ -104,11 +109,11 @@ pub fn build_row_map(
             has[k] = match vocab.perms[s.model][id] {
                 Slot::Row(r) if r < s.rows => Some(r),
                 Slot::Row(_) => {
-                    short[k].push(tok.clone());
+                    unusable.short[k].push(tok.clone());
                     None
                 }
                 Slot::Beyond(_) => {
-                    beyond[k].push(tok.clone());
+                    unusable.beyond[k].push(tok.clone());
                     None
                 }
                 Slot::Absent => None,
@@ -155,7 +160,7 @@ pub fn build_row_map(
                         .collect();
                     match present.as_slice() {
                         [] => {
-                            nowhere.push(tok.clone());
+                            unusable.nowhere.push(tok.clone());
                             DefaultRow::Zero
                         }
                         [(s, row)] => DefaultRow::Row {
@@ -183,46 +188,71 @@ pub fn build_row_map(
             });
         }
     }
-    let sample = |v: &[String]| {
-        let mut s: Vec<String> = v.iter().take(5).map(|t| format!("{t:?}")).collect();
-        if v.len() > 5 {
-            s.push("…".into());
-        }
-        s.join(", ")
-    };
-    for (k, s) in sources.iter().enumerate() {
-        if !beyond[k].is_empty() {
-            warnings.push(format!(
-                "model `{}`: {} token(s) of the output vocabulary sit at ids ≥ its vocab_size {} in its tokenizer ({}); mergekit fails on these (KeyError), smelt gives them the default embedding",
-                name(s.model),
-                beyond[k].len(),
-                vocab.vocab_sizes[s.model],
-                sample(&beyond[k])
-            ));
-        }
-        if !short[k].is_empty() {
-            warnings.push(format!(
-                "model `{}`: {} token(s) have ids beyond the {} rows of its tensor `{tensor}` ({}); they get the default embedding",
-                name(s.model),
-                short[k].len(),
-                s.rows,
-                sample(&short[k])
-            ));
-        }
-    }
-    if !nowhere.is_empty() {
-        warnings.push(format!(
-            "{} token(s) of the output vocabulary are in no input model ({}); their embedding is zero",
-            nowhere.len(),
-            sample(&nowhere)
-        ));
-    }
+    unusable.report(vocab, tensor, sources, name, warnings);
     Ok(RowMap {
         rows: vocab.rows,
         real: vocab.tokens.len(),
         defaults,
         sources: per,
     })
+}
+
+/// The tokens of the output vocabulary a tensor's sources cannot give rows for.
+struct Unusable {
+    /// Per source: tokens at ids ≥ the model's `vocab_size` in its tokenizer.
+    beyond: Vec<Vec<String>>,
+    /// Per source: tokens at ids beyond the rows of its tensor.
+    short: Vec<Vec<String>>,
+    /// Tokens in no input model.
+    nowhere: Vec<String>,
+}
+
+impl Unusable {
+    /// One warning per source with unusable tokens (a sample of them), and one for the
+    /// tokens in no model.
+    fn report(
+        &self,
+        vocab: &Vocabulary,
+        tensor: &str,
+        sources: &[MapSource],
+        name: &dyn Fn(usize) -> String,
+        warnings: &mut Vec<String>,
+    ) {
+        let sample = |v: &[String]| {
+            let mut s: Vec<String> = v.iter().take(5).map(|t| format!("{t:?}")).collect();
+            if v.len() > 5 {
+                s.push("…".into());
+            }
+            s.join(", ")
+        };
+        for (k, s) in sources.iter().enumerate() {
+            if !self.beyond[k].is_empty() {
+                warnings.push(format!(
+                    "model `{}`: {} token(s) of the output vocabulary sit at ids ≥ its vocab_size {} in its tokenizer ({}); mergekit fails on these (KeyError), smelt gives them the default embedding",
+                    name(s.model),
+                    self.beyond[k].len(),
+                    vocab.vocab_sizes[s.model],
+                    sample(&self.beyond[k])
+                ));
+            }
+            if !self.short[k].is_empty() {
+                warnings.push(format!(
+                    "model `{}`: {} token(s) have ids beyond the {} rows of its tensor `{tensor}` ({}); they get the default embedding",
+                    name(s.model),
+                    self.short[k].len(),
+                    s.rows,
+                    sample(&self.short[k])
+                ));
+            }
+        }
+        if !self.nowhere.is_empty() {
+            warnings.push(format!(
+                "{} token(s) of the output vocabulary are in no input model ({}); their embedding is zero",
+                self.nowhere.len(),
+                sample(&self.nowhere)
+            ));
+        }
+    }
 }
 
 /// Reads rows of one source of `t` in the math dtype (whole tensor when a LoRA delta applies).

@@ -60,7 +60,10 @@ impl OrderedHasher {
         let thread = std::thread::Builder::new()
             .name("smelt-hash".into())
             .spawn(move || follow(&s, &file, &path, len))
-            .map_err(|e| Error::Plan(format!("cannot start the hashing thread: {e}")))?;
+            .map_err(|e| Error::ThreadStart {
+                what: "the hashing thread".into(),
+                reason: e.to_string(),
+            })?;
         Ok(OrderedHasher {
             shared,
             thread: Some(thread),
@@ -100,7 +103,9 @@ impl OrderedHasher {
         self.close();
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(r)) => r,
-            _ => Err(Error::Plan("the hashing thread failed".into())),
+            _ => Err(Error::ThreadFailed {
+                what: "the hashing thread".into(),
+            }),
         }
     }
 
@@ -148,10 +153,10 @@ fn follow(s: &Shared, file: &File, path: &PathBuf, len: u64) -> Result<String> {
             return Ok(crate::lock::hex(&h.finalize()));
         }
         if closed {
-            return Err(Error::Plan(format!(
-                "{}: bytes from {hashed} on were never written",
-                path.display()
-            )));
+            return Err(Error::Unwritten {
+                path: path.clone(),
+                from: hashed,
+            });
         }
     }
 }
@@ -191,7 +196,11 @@ mod tests {
         let h = OrderedHasher::start(&p, 100).unwrap();
         h.written(0, 40);
         h.written(50, 100);
-        let e = h.finish().unwrap_err().to_string();
-        assert!(e.contains("from 40 on were never written"), "{e}");
+        let e = h.finish().unwrap_err();
+        assert!(matches!(e, Error::Unwritten { from: 40, .. }), "{e}");
+        assert!(
+            e.to_string().contains("from 40 on were never written"),
+            "{e}"
+        );
     }
 }
