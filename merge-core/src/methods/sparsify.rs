@@ -54,6 +54,8 @@
 //! * Random masks use smelt's counter-based generator, not torch's: for `density < 1` DARE and
 //!   DELLA results agree with mergekit statistically, not bit for bit.
 //! * della's per-row ranks break ties by the priority order, not by PyTorch's sort order.
+//! * A tensor of more than 2³² − 1 elements keeps, among equal magnitudes at a cut, the lower
+//!   indices (the priority order): the sort replay indexes elements in 32 bits.
 
 use super::REDUCE_CHUNK;
 use super::rng::{RngKey, threshold24};
@@ -679,7 +681,7 @@ pub fn magnitude<V: Values + ?Sized>(v: &V, density: f64, ties: Ties) -> Mask {
         return sorted_range(v, false, 0, k as usize);
     }
     let top = select_top(v, k as usize);
-    if top.splits_ties() {
+    if top.splits_ties() && replayable(v.numel()) {
         // which of the tied elements are in is PyTorch's sort order, not the index order
         return sorted_range(v, false, 0, k as usize);
     }
@@ -711,8 +713,14 @@ impl Ties {
 
     /// Whether to replay the sort without a select first (tensors the replay can index).
     fn replay(self, n: usize) -> bool {
-        self == Ties::Common && u32::try_from(n).is_ok()
+        self == Ties::Common && replayable(n)
     }
+}
+
+/// Whether the sort replay can index a tensor of `n` elements (32-bit positions); larger
+/// tensors keep the lower indices among equal magnitudes at a cut (see divergences).
+fn replayable(n: usize) -> bool {
+    u32::try_from(n).is_ok()
 }
 
 /// Breadcrumbs: drops the `int(gamma·n)` largest magnitudes (outliers) and then the smallest
@@ -748,14 +756,14 @@ pub fn magnitude_outliers<V: Values + ?Sized>(
     }
     if top <= 0 {
         let keep = select_top(v, end as usize);
-        if keep.splits_ties() {
+        if keep.splits_ties() && replayable(n) {
             return Ok(sorted_range(v, true, bot as usize, n));
         }
         return Ok(Mask::Top(keep));
     }
     // both thresholds from one histogram pass
     let sets = select_tops(v, &[end as usize, top as usize]);
-    if sets[0].splits_ties() || sets[1].splits_ties() {
+    if (sets[0].splits_ties() || sets[1].splits_ties()) && replayable(n) {
         // mergekit's ascending positions [bot, n − top)
         return Ok(sorted_range(v, true, bot as usize, n - top as usize));
     }
@@ -770,7 +778,7 @@ pub fn magnitude_outliers<V: Values + ?Sized>(
 /// cut. Holds the whole tensor as (key, index) pairs while it works.
 fn sorted_range<V: Values + ?Sized>(v: &V, ascending: bool, from: usize, to: usize) -> Mask {
     let n = v.numel();
-    assert!(u32::try_from(n).is_ok(), "tensor of {n} elements");
+    debug_assert!(replayable(n), "tensor of {n} elements");
     let mut items = take_items(n);
     items.spare_capacity_mut()[..n]
         .par_chunks_mut(CHUNK)
@@ -1338,6 +1346,10 @@ pub(crate) mod tests {
         }
         assert_eq!(Ties::of(DType::BF16), Ties::Common);
         assert_eq!(Ties::of(DType::F32), Ties::Rare);
+        // beyond 32-bit positions the replay is never asked for (no panic)
+        assert!(replayable(u32::MAX as usize));
+        assert!(!replayable(u32::MAX as usize + 1));
+        assert!(!Ties::Common.replay(u32::MAX as usize + 1));
     }
 
     #[test]
